@@ -1,0 +1,96 @@
+"""SupervisedTask: a dataset, a model and default training settings, by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..recipe import Recipe
+from .base import Task
+from .data import load_dataset
+from .models import MODELS
+from .train import Augment, Trainer, derive_seed
+
+AUGMENTS: dict[str, Augment] = {}
+
+
+@dataclass(frozen=True)
+class SupervisedTask(Task):
+    """Classification of ``dataset`` with ``model``; a job trains ``steps`` steps.
+
+    Every field but ``data_dir`` is part of the task's identity (``config``).
+    """
+
+    name: str
+    dataset: str
+    model: str
+    steps: int
+    batch_size: int = 128
+    hparams: Mapping[str, float] = field(
+        default_factory=lambda: {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0})
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    data_args: Mapping[str, Any] = field(default_factory=dict)
+    lr_schedule: str = "constant"
+    augment: str = "none"
+    amp: bool = False
+    channels_last: bool = False
+    #: a folder holding the dataset files, for datasets read from disk
+    data_dir: str | None = field(default=None, compare=False)
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        config = dataclasses.asdict(self)
+        config.pop("data_dir")
+        return {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}
+
+    def with_options(self, **options: Any) -> SupervisedTask:
+        """A copy with fields replaced (``steps=500``, ``batch_size=64``, ...)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = set(options) - fields
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} of task {self.name!r}; "
+                             f"accepted: {', '.join(sorted(fields))}")
+        return dataclasses.replace(self, **options)
+
+    def default_recipe(self) -> Recipe:
+        return Recipe(hparams=dict(self.hparams))
+
+    def load_data(self) -> Any:
+        args = dict(self.data_args)
+        if self.data_dir is not None:
+            args["data_dir"] = self.data_dir
+        return load_dataset(self.dataset, **args)
+
+    def build_model(self, seed: int, in_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "model"))
+            return MODELS[self.model](in_shape, num_classes, **dict(self.model_args))
+
+    def start(self, recipe: Recipe, seed: int, device: str | torch.device = "cpu",
+              total_steps: int | None = None) -> Trainer:
+        device = torch.device(device)
+        splits = self.load_data()
+        data = _on_device(splits, device)
+        model = self.build_model(seed, tuple(splits.x_train.shape[1:]), splits.num_classes)
+        if self.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        augment: Callable[..., Any] | None = AUGMENTS[self.augment] if self.augment != "none" else None
+        return Trainer(model, data, recipe, seed, total_steps or self.steps, self.batch_size,
+                       device, lr_schedule=self.lr_schedule, augment=augment, amp=self.amp)
+
+
+_DEVICE_COPIES: dict[tuple[int, str], Any] = {}
+
+
+def _on_device(splits: Any, device: torch.device) -> Any:
+    """One copy of a dataset per device, shared by every job of the process."""
+    if device.type == "cpu":
+        return splits
+    key = (id(splits), str(device))
+    if key not in _DEVICE_COPIES:
+        _DEVICE_COPIES[key] = splits.to(device)
+    return _DEVICE_COPIES[key]
