@@ -24,7 +24,7 @@ from .errors import UserError
 from .tasks.base import Diverged, JobTimeout, Task
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """What became of a job."""
 
     OK = "ok"              #: trained and evaluated; ``fitness`` is validation accuracy

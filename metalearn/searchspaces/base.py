@@ -59,6 +59,10 @@ class SearchSpace(ABC, Generic[G]):
     def named(self) -> dict[str, G]:
         return {}
 
+    def export_source(self, genome: G) -> str:
+        """A standalone Python file (depending only on torch) that reproduces ``build(genome)``."""
+        raise NotImplementedError(f"space {self.name!r} cannot export its candidates yet")
+
     def simplify(self, genome: G) -> G:
         """An equivalent genome in simplest form (identity unless the space knows better)."""
         return genome
