@@ -26,10 +26,8 @@ SLOTS = ("backward", "optimizer", "loss", "hparams")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class OptimizerFactory(Protocol):
-    def __call__(
-        self, params: Iterable[Any], **kwargs: Any
-    ) -> torch.optim.Optimizer: ...
+#: ``factory(params, lr=..., momentum=..., weight_decay=..., total_steps=T, generator=g)``
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 @runtime_checkable

@@ -93,6 +93,11 @@ class SearchSpace(ABC, Generic[G]):
                             f"{self.name!r} (known: {known}) nor valid text: {err}") from None
 
 
+def is_continuous(space: SearchSpace) -> bool:
+    """True when ``space`` offers ``bounds``, ``to_vector`` and ``from_vector``."""
+    return isinstance(space, ContinuousSpace) or bool(getattr(space, "continuous", False))
+
+
 class ContinuousSpace(SearchSpace[tuple[float, ...]]):
     """A box of named real parameters; the genome is a tuple of floats.
 
@@ -105,6 +110,8 @@ class ContinuousSpace(SearchSpace[tuple[float, ...]]):
     upper: tuple[float, ...] = ()
     #: relative step of Gaussian mutation, as a fraction of each parameter's range
     mutation_scale: float = 0.1
+    #: whether optimisers that move freely (CMA-ES) are clipped to the box
+    bounded: bool = True
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,9 @@ class Splits:
     num_classes: int
 
     def to(self, device: torch.device) -> Splits:
-        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        moved: dict[str, Any] = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
+        }
         return Splits(**moved)
 
 

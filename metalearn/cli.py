@@ -1,0 +1,150 @@
+"""The ``metalearn`` command: maps flags onto the Python API, nothing more.
+
+A user's mistake (unknown name, bad option, missing data) ends with one line on
+stderr saying what was wrong and what is accepted, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _value(text: str) -> Any:
+    """``KEY=VALUE`` values: int, float, true/false, or the text itself (never evaluated)."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _options(items: Sequence[str]) -> dict[str, Any]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option takes KEY=VALUE, got {item!r}")
+        options[key.replace("-", "_")] = _value(value)
+    return options
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    import metalearn as ml
+
+    print("spaces:     " + ", ".join(ml.list_spaces()) + "   (join with + for a product, e.g. hparams+loss)")
+    print("strategies: " + ", ".join(ml.list_strategies()))
+    print("tasks:      " + ", ".join(ml.list_tasks()))
+    if args.space:
+        space = ml.get_space(args.space)
+        for name, genome in space.named().items():
+            print(f"  {name}: {space.format(genome)}")
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from .search import search
+
+    task_options: dict[str, Any] = {}
+    if args.data_dir:
+        task_options["data_dir"] = args.data_dir
+    run = search(
+        space=args.space, strategy=args.strategy, task=args.task, budget=args.budget,
+        run=args.run, seed=args.seed, steps=args.steps, executor=args.executor,
+        device=args.device, init=[p for p in (args.init or "").split(",") if p],
+        strategy_options=_options(args.option), task_options=task_options,
+        job_timeout=args.job_timeout, progress=not args.no_progress,
+    )
+    from .report import show
+
+    print(show(run.path, top=args.top))
+
+
+def _cmd_show(args: argparse.Namespace) -> None:
+    from .report import show
+
+    print(show(args.run, top=args.top))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    path = export_run(args.run, args.output, rank=args.rank)
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metalearn", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    listing = commands.add_parser("list", help="registered spaces, strategies and tasks")
+    listing.add_argument("--space", help="also list this space's named points")
+    listing.set_defaults(run_command=_cmd_list)
+
+    s = commands.add_parser("search", help="search a space with a strategy on a task")
+    s.add_argument("--space", required=True, help="optimizer, backprop, loss, hparams, or a+b")
+    s.add_argument("--strategy", required=True, help="random, evolution, cmaes, ...")
+    s.add_argument("--task", default="mnist1d-mlp")
+    s.add_argument("--budget", type=_positive_int, required=True, help="number of evaluations")
+    s.add_argument("--run", help="run folder (resumed if it exists)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=_positive_int, help="training steps of each job")
+    s.add_argument("--executor", default="inline")
+    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--init", help="comma-separated named points to evaluate first")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="strategy option, e.g. population_size=32 (repeatable)")
+    s.add_argument("--data-dir", help="folder with the task's dataset files")
+    s.add_argument("--job-timeout", type=float, help="seconds a job may train")
+    s.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(run_command=_cmd_search)
+
+    show = commands.add_parser("show", help="leaderboard and statuses of a run")
+    show.add_argument("run")
+    show.add_argument("--top", type=int, default=10)
+    show.set_defaults(run_command=_cmd_show)
+
+    export = commands.add_parser("export", help="a discovered candidate as a standalone PyTorch file")
+    export.add_argument("run")
+    export.add_argument("-o", "--output", required=True)
+    export.add_argument("--rank", type=_positive_int, default=1, help="1 = the best candidate")
+    export.set_defaults(run_command=_cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        command: Callable[[argparse.Namespace], None] = args.run_command
+        command(args)
+    except UserError as err:
+        print(f"metalearn: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metalearn: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
