@@ -46,6 +46,8 @@ class Job:
     default length, the run's seed). ``resume_from`` is the key of an earlier job
     whose checkpoint this one continues; ``checkpoint`` asks for one to be saved.
     ``total_steps`` is the length decay schedules count towards (``steps`` if unset).
+    ``test`` also scores the held-out test split (``metrics["test_accuracy"]``); only
+    retraining and reports set it, never a search.
     """
 
     candidate: Candidate
@@ -59,14 +61,17 @@ class Job:
     rung: int | None = None
     member: int | None = None
     proposal: int = -1
+    test: bool = False
 
     @property
     def key(self) -> str:
         """Identity of the work: equal keys give equal results, so one is answered from the ledger."""
         task = self.task.config_json() if self.task is not None else ""
-        return content_key(json.dumps(
-            [self.candidate.space, self.candidate.key, task, self.steps, self.seed,
-             self.total_steps, self.resume_from, self.checkpoint]))
+        identity: list[object] = [self.candidate.space, self.candidate.key, task, self.steps,
+                                  self.seed, self.total_steps, self.resume_from, self.checkpoint]
+        if self.test:  # only when set, so the keys of existing jobs stay what they were
+            identity.append("test")
+        return content_key(json.dumps(identity))
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
@@ -94,6 +99,16 @@ class Evaluation:
     def score(self, failed: float = float("-inf")) -> float:
         """Fitness, or ``failed`` for a job that did not finish well."""
         return self.fitness if self.fitness is not None and self.ok else failed
+
+
+#: space name of the candidate that stands for the task's own default recipe (the baseline)
+BASELINE = "baseline"
+
+
+def baseline_candidate() -> Candidate:
+    """The task's default recipe as a candidate: compared and retrained like any other."""
+    return Candidate(space=BASELINE, text="default", key=content_key(f"{BASELINE}:default"),
+                     name=BASELINE)
 
 
 def checkpoint_path(checkpoint_dir: Path, job_key: str) -> Path:
@@ -126,9 +141,12 @@ class Evaluator:
         result = Evaluation(job=job, status=Status.OK, device=self.device)
         state = None
         try:
-            space = get_space(job.candidate.space)
-            genome = space.parse(job.candidate.text)
-            recipe = space.fill(task.default_recipe(), genome)
+            if job.candidate.space == BASELINE:
+                recipe = task.default_recipe()
+            else:
+                space = get_space(job.candidate.space)
+                genome = space.parse(job.candidate.text)
+                recipe = space.fill(task.default_recipe(), genome)
             state = task.start(recipe, job.seed, self.device,
                                total_steps=job.total_steps or job.steps)
             if job.resume_from is not None:
@@ -146,6 +164,9 @@ class Evaluator:
             state.train(job.steps, deadline=deadline)
             result.metrics = state.evaluate()
             result.fitness = result.metrics["accuracy"]
+            if job.test:
+                test = state.evaluate("test")
+                result.metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
             if job.checkpoint and self.checkpoint_dir is not None:
                 state.save(checkpoint_path(self.checkpoint_dir, job.key))
         except Diverged as err:
