@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,9 @@ AUGMENTS: dict[str, Augment] = {}
 class SupervisedTask(Task):
     """Classification of ``dataset`` with ``model``; a job trains ``steps`` steps.
 
-    Every field but ``data_dir`` is part of the task's identity (``config``).
+    Every field but ``data_dir`` and ``epoch_size`` is part of the task's identity
+    (``config``). ``epoch_size`` (training examples per epoch) lets a job's length be
+    given in epochs: ``with_options(epochs=200)``.
     """
 
     name: str
@@ -40,21 +43,42 @@ class SupervisedTask(Task):
     channels_last: bool = False
     #: a folder holding the dataset files, for datasets read from disk
     data_dir: str | None = field(default=None, compare=False)
+    #: training examples in one epoch, so that ``with_options(epochs=...)`` can convert to steps
+    epoch_size: int | None = field(default=None, compare=False)
 
     @property
     def config(self) -> Mapping[str, Any]:
         config = dataclasses.asdict(self)
         config.pop("data_dir")
+        config.pop("epoch_size")
         return {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}
 
     def with_options(self, **options: Any) -> SupervisedTask:
-        """A copy with fields replaced (``steps=500``, ``batch_size=64``, ...)."""
+        """A copy with fields replaced (``steps=500``, ``batch_size=64``, ...).
+
+        ``epochs=E`` sets ``steps = E * ceil(epoch_size / batch_size)`` (with the new
+        ``batch_size`` if one is given too), for tasks that know their epoch size.
+        """
+        if "epochs" in options:
+            options = self._epochs_to_steps(dict(options))
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = set(options) - fields
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} of task {self.name!r}; "
                              f"accepted: {', '.join(sorted(fields))}")
         return dataclasses.replace(self, **options)
+
+    def _epochs_to_steps(self, options: dict[str, Any]) -> dict[str, Any]:
+        epochs = options.pop("epochs")
+        if "steps" in options:
+            raise ValueError(f"give either steps or epochs for task {self.name!r}, not both")
+        if self.epoch_size is None:
+            raise ValueError(f"task {self.name!r} has no epoch size; give its length as steps")
+        if not isinstance(epochs, int | float) or epochs <= 0:
+            raise ValueError(f"epochs must be a positive number, got {epochs!r}")
+        batch_size = int(options.get("batch_size", self.batch_size))
+        options["steps"] = steps_for_epochs(epochs, self.epoch_size, batch_size)
+        return options
 
     def default_recipe(self) -> Recipe:
         return Recipe(hparams=dict(self.hparams))
@@ -78,9 +102,15 @@ class SupervisedTask(Task):
         model = self.build_model(seed, tuple(splits.x_train.shape[1:]), splits.num_classes)
         if self.channels_last and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         augment: Callable[..., Any] | None = AUGMENTS[self.augment] if self.augment != "none" else None
         return Trainer(model, data, recipe, seed, total_steps or self.steps, self.batch_size,
                        device, lr_schedule=self.lr_schedule, augment=augment, amp=self.amp)
+
+
+def steps_for_epochs(epochs: float, epoch_size: int, batch_size: int) -> int:
+    """Training steps in ``epochs`` passes over ``epoch_size`` examples, ``batch_size`` at a time."""
+    return max(1, round(epochs * math.ceil(epoch_size / batch_size)))
 
 
 _DEVICE_COPIES: dict[tuple[int, str], Any] = {}

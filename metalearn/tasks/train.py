@@ -10,6 +10,7 @@ output error), and stops a job at its first NaN/Inf loss.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import zlib
@@ -39,7 +40,12 @@ def make_generator(seed: int, purpose: str, device: torch.device) -> torch.Gener
 
 @dataclass
 class Splits:
-    """A dataset as tensors: training, validation (carved from training) and test."""
+    """A dataset as tensors: training, validation (carved from training) and test.
+
+    Images may be stored as uint8 (so a whole dataset fits on the device); ``prepare``
+    turns a batch into model inputs on the device: uint8 is scaled to [0, 1], then
+    normalised per channel with ``mean``/``std`` when they are given.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -48,6 +54,8 @@ class Splits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def to(self, device: torch.device) -> Splits:
         moved: dict[str, Any] = {
@@ -55,9 +63,30 @@ class Splits:
         }
         return Splits(**moved)
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs from a stored batch (the identity for float data without ``mean``)."""
+        if self.mean is None:
+            return x.float().mul_(1 / 255) if x.dtype == torch.uint8 else x
+        scale, shift = _affine(self.mean, self.std or (1.0,) * len(self.mean),
+                               255.0 if x.dtype == torch.uint8 else 1.0, x.device)
+        return torch.addcmul(shift, x.float(), scale)
+
+
+@functools.lru_cache(maxsize=64)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], peak: float, device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    # cached per device: building these tensors every step would copy host to device each time
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (1 / (peak * s)).to(device), (-m / s).to(device)
+
 
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
-    """Multiplier of the base learning rate at ``step`` of ``total_steps``."""
+    """Multiplier of the base learning rate at ``step`` of ``total_steps``.
+
+    ``"multistep:0.3,0.6,0.8:0.2"`` multiplies by 0.2 at 30%, 60% and 80% of training
+    (the schedule of Zagoruyko & Komodakis 2016 on CIFAR: epochs 60, 120, 160 of 200).
+    """
     if schedule == "constant":
         return 1.0
     progress = min(step, total_steps) / max(total_steps, 1)
@@ -65,7 +94,21 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "step":  # divide by 10 at 50% and 75% of training
         return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
-    raise ValueError(f"unknown learning-rate schedule {schedule!r}; accepted: constant, cosine, step")
+    if schedule.startswith("multistep:"):
+        milestones, gamma = _multistep(schedule)
+        return gamma ** sum(progress >= m for m in milestones)
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; accepted: constant, cosine, "
+                     "step, multistep:F1,F2,...:GAMMA (fractions of the job, factor)")
+
+
+@functools.lru_cache(maxsize=64)
+def _multistep(schedule: str) -> tuple[tuple[float, ...], float]:
+    try:
+        _, milestones, gamma = schedule.split(":")
+        return tuple(float(m) for m in milestones.split(",")), float(gamma)
+    except ValueError:
+        raise ValueError(f"bad learning-rate schedule {schedule!r}; expected "
+                         "multistep:F1,F2,...:GAMMA, e.g. multistep:0.3,0.6,0.8:0.2") from None
 
 
 class Trainer(TrainingState):
@@ -124,7 +167,7 @@ class Trainer(TrainingState):
         x, y = self.data.x_train[index], self.data.y_train[index]
         if self.augment is not None:
             x = self.augment(x, self.data_generator)
-        return x, y
+        return self.data.prepare(x), y
 
     def _set_lr(self) -> None:
         factor = lr_factor(self.lr_schedule, self.step, self.total_steps)
@@ -178,6 +221,7 @@ class Trainer(TrainingState):
         total_loss = torch.zeros((), device=self.device)
         for start in range(0, len(y), self.eval_batch_size):
             xb, yb = x[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
+            xb = self.data.prepare(xb)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.model(xb)
             logits = logits.float()
