@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ import torch
 from .candidate import Candidate, content_key
 from .errors import UserError
 from .tasks.base import Diverged, JobTimeout, Task
+
+
+class MissingCheckpoint(RuntimeError):
+    """A continuation job whose checkpoint is gone: an ``error`` of that job, not of the user."""
 
 
 class Status(enum.StrEnum):
@@ -140,25 +145,31 @@ class Evaluator:
         task, start = job.task, time.perf_counter()
         result = Evaluation(job=job, status=Status.OK, device=self.device)
         state = None
+        out_of_memory: Evaluation | None = None
         try:
             if job.candidate.space == BASELINE:
                 recipe = task.default_recipe()
             else:
                 space = get_space(job.candidate.space)
-                genome = space.parse(job.candidate.text)
-                recipe = space.fill(task.default_recipe(), genome)
+                recipe = space.fill(task.default_recipe(), space.parse(job.candidate.text))
+        except Exception as err:  # the candidate cannot be built at all
+            return self._failed(result, Status.INVALID, err, start)
+        try:
             state = task.start(recipe, job.seed, self.device,
                                total_steps=job.total_steps or job.steps)
             if job.resume_from is not None:
                 state.load(self._checkpoint(job.resume_from))
-        except UserError as err:
-            if job.resume_from is not None and "checkpoint" in str(err):
-                return self._failed(result, Status.ERROR, err, start)
-            raise
+        except MissingCheckpoint as err:
+            return self._failed(result, Status.ERROR, err, start)
+        except UserError:
+            raise  # the user's own mistake, e.g. a missing data folder
         except torch.cuda.OutOfMemoryError as err:
-            return self._failed(result, Status.OOM, err, start)
+            out_of_memory = self._failed(result, Status.OOM, err, start)
         except Exception as err:  # the candidate cannot be built for this model
             return self._failed(result, Status.INVALID, err, start)
+        if out_of_memory is not None:
+            del state
+            return _release_device(out_of_memory)
         try:
             deadline = time.monotonic() + self.job_timeout if self.job_timeout else None
             state.train(job.steps, deadline=deadline)
@@ -174,21 +185,23 @@ class Evaluator:
         except JobTimeout as err:
             return self._failed(result, Status.TIMEOUT, err, start, state)
         except torch.cuda.OutOfMemoryError as err:
-            del state
-            torch.cuda.empty_cache()
-            return self._failed(result, Status.OOM, err, start)
+            out_of_memory = self._failed(result, Status.OOM, err, start)
         except Exception as err:
             return self._failed(result, Status.ERROR, err, start, state)
+        if out_of_memory is not None:
+            del state
+            return _release_device(out_of_memory)
         result.curve = list(state.curve)
         result.wall_s = time.perf_counter() - start
         return result
 
     def _checkpoint(self, job_key: str) -> Path:
         if self.checkpoint_dir is None:
-            raise UserError("this job continues from a checkpoint, but the evaluator has no checkpoint folder")
+            raise MissingCheckpoint("this job continues from a checkpoint, but the evaluator has "
+                                    "no checkpoint folder")
         path = checkpoint_path(self.checkpoint_dir, job_key)
         if not path.exists():
-            raise UserError(f"checkpoint {path} to continue from does not exist")
+            raise MissingCheckpoint(f"checkpoint {path} to continue from does not exist")
         return path
 
     @staticmethod
@@ -200,3 +213,15 @@ class Evaluator:
             result.curve = list(getattr(state, "curve", []))
         result.wall_s = time.perf_counter() - start
         return result
+
+
+def _release_device(result: Evaluation) -> Evaluation:
+    """Give the device's memory back after an out-of-memory job, so the next job has it.
+
+    Called outside the ``except`` block on purpose: until the handled exception is
+    dropped, its traceback holds the training frames and, through them, the model
+    and optimizer (the PyTorch FAQ's advice on recovering from OOM).
+    """
+    gc.collect()  # tensors caught in reference cycles (hooks, closures) too
+    torch.cuda.empty_cache()
+    return result

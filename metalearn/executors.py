@@ -67,3 +67,18 @@ def make_executor(name: str, evaluator: Evaluator, **options: Any) -> Executor:
     if name not in EXECUTORS:
         raise unknown("executor", name, EXECUTORS)
     return EXECUTORS[name](evaluator, **options)
+
+
+def _imported_on_use(target: str) -> ExecutorFactory:
+    """A factory for ``"module:Class"``, imported when first used (Ray is an optional dependency)."""
+    def make(evaluator: Evaluator, **options: Any) -> Executor:
+        import importlib
+
+        module, _, name = target.partition(":")
+        executor: Executor = getattr(importlib.import_module(module), name)(evaluator, **options)
+        return executor
+    return make
+
+
+register_executor("pool", _imported_on_use("metalearn.pool_executor:PoolExecutor"))
+register_executor("ray", _imported_on_use("metalearn.ray_executor:RayExecutor"))
