@@ -73,10 +73,20 @@ def _cmd_search(args: argparse.Namespace) -> None:
         device=args.device, init=[p for p in (args.init or "").split(",") if p],
         strategy_options=_options(args.option), task_options=task_options,
         job_timeout=args.job_timeout, progress=not args.no_progress,
+        executor_options=_executor_options(args),
     )
     from .report import show
 
     print(show(run.path, top=args.top))
+
+
+def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--address`` and ``--workers``, for the executors that take them (pool, ray)."""
+    options = {k: v for k, v in (("address", args.address), ("workers", args.workers))
+               if v is not None}
+    if options and args.executor == "inline":
+        raise UserError("--address and --workers need --executor pool (this machine) or ray")
+    return options
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
@@ -109,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=_positive_int, help="training steps of each job")
     s.add_argument("--executor", default="inline")
+    s.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray; "
+                   "without it a local cluster is started)")
+    s.add_argument("--workers", type=_positive_int,
+                   help="worker processes (pool) or most jobs in flight (ray)")
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     s.add_argument("--init", help="comma-separated named points to evaluate first")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
