@@ -36,6 +36,8 @@ _EXPORTS = {
     "register_strategy": "registry",
     "register_task": "tasks",
     "search": "search",
+    "compare": "compare",
+    "retrain": "retrain",
     "Run": "run",
     "load_run": "run",
 }
@@ -44,10 +46,12 @@ __all__ = [
     "Candidate", "Evaluation", "Evaluator", "Job", "ParseError", "Recipe", "Run", "Status",
     "UserError", "get_space", "get_strategy", "get_task", "list_spaces", "list_strategies",
     "list_tasks", "load_run", "register_space", "register_strategy", "register_task", "search",
+    "compare", "retrain",
 ]
 
 if TYPE_CHECKING:
     from .candidate import Candidate
+    from .compare import compare
     from .errors import ParseError, UserError
     from .evaluator import Evaluation, Evaluator, Job, Status
     from .recipe import Recipe
@@ -61,6 +65,7 @@ if TYPE_CHECKING:
         register_space,
         register_strategy,
     )
+    from .retrain import retrain
     from .run import Run, load_run
     from .search import search
     from .tasks import register_task

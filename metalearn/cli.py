@@ -102,6 +102,38 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import compare, format_table
+
+    task_options: dict[str, Any] = {}
+    if args.data_dir:
+        task_options["data_dir"] = args.data_dir
+    spaces = [s for s in args.spaces.split(",") if s] if args.spaces else None
+    result = compare(
+        task=args.task, budget=args.budget, out=args.out, spaces=spaces, strategy=args.strategy,
+        seed=args.seed, seeds=args.seeds, top=args.top, steps=args.steps,
+        retrain_steps=args.retrain_steps, task_options=task_options, executor=args.executor,
+        device=args.device, job_timeout=args.job_timeout, progress=not args.no_progress,
+        executor_options=_executor_options(args),
+    )
+    print(format_table(result.table))
+    print(f"\nwrote {result.files['report.html']} and {result.files['report.md']} "
+          f"({result.wall_s:.0f} s)")
+
+
+def _cmd_retrain(args: argparse.Namespace) -> None:
+    from .retrain import format_summary, retrain
+
+    task_options: dict[str, Any] = {}
+    if args.data_dir:
+        task_options["data_dir"] = args.data_dir
+    summary = retrain(args.run, task=args.task, top=args.top, seeds=args.seeds, steps=args.steps,
+                      out=args.out, baseline=not args.no_baseline, executor=args.executor,
+                      device=args.device, task_options=task_options, job_timeout=args.job_timeout,
+                      progress=not args.no_progress, executor_options=_executor_options(args))
+    print(format_summary(summary))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metalearn", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -143,6 +175,53 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True)
     export.add_argument("--rank", type=_positive_int, default=1, help="1 = the best candidate")
     export.set_defaults(run_command=_cmd_export)
+
+    from .compare import DEFAULT_BUDGET, DEFAULT_SEEDS, DEFAULT_TOP
+
+    c = commands.add_parser("compare", help="which kind of meta-learning pays off on a task: "
+                            "search each space, retrain the best with seeds, report")
+    c.add_argument("--task", default="mnist1d-mlp")
+    c.add_argument("--budget", type=_positive_int, default=DEFAULT_BUDGET,
+                   help=f"evaluations per space (default {DEFAULT_BUDGET})")
+    c.add_argument("--out", default="runs/compare", help="comparison folder (resumed if it exists)")
+    c.add_argument("--spaces", help="comma-separated spaces (default: backprop,optimizer,loss "
+                   "where available)")
+    c.add_argument("--strategy", help="one strategy for every space (default: each space's own)")
+    c.add_argument("--seed", type=int, default=0, help="seed of every search")
+    c.add_argument("--seeds", type=_positive_int, default=DEFAULT_SEEDS,
+                   help=f"retraining seeds per candidate (default {DEFAULT_SEEDS})")
+    c.add_argument("--top", type=_positive_int, default=DEFAULT_TOP,
+                   help=f"candidates of each space to retrain (default {DEFAULT_TOP})")
+    c.add_argument("--steps", type=_positive_int,
+                   help="training steps of a search job (default: a quarter of the task's)")
+    c.add_argument("--retrain-steps", type=_positive_int,
+                   help="training steps of a retraining job (default: the task's)")
+    c.add_argument("--executor", default="inline", help="inline, pool or ray")
+    c.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray)")
+    c.add_argument("--workers", type=_positive_int, help="parallel jobs (--executor pool, ray)")
+    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    c.add_argument("--data-dir", help="folder with the task's dataset files")
+    c.add_argument("--job-timeout", type=float, help="seconds a job may train")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.set_defaults(run_command=_cmd_compare)
+
+    r = commands.add_parser("retrain", help="retrain a run's best candidates with several seeds "
+                            "and score them on test data (also on another task: transfer)")
+    r.add_argument("run")
+    r.add_argument("--task", help="task to retrain on (default: the run's)")
+    r.add_argument("--top", type=_positive_int, default=5, help="candidates to retrain")
+    r.add_argument("--seeds", type=_positive_int, default=3, help="seeds per candidate")
+    r.add_argument("--steps", type=_positive_int, help="training steps (default: the task's)")
+    r.add_argument("--out", help="folder of the retraining (default: RUN/retrain-TASK)")
+    r.add_argument("--no-baseline", action="store_true", help="do not retrain the default recipe")
+    r.add_argument("--executor", default="inline", help="inline, pool or ray")
+    r.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray)")
+    r.add_argument("--workers", type=_positive_int, help="parallel jobs (--executor pool, ray)")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    r.add_argument("--data-dir", help="folder with the task's dataset files")
+    r.add_argument("--job-timeout", type=float, help="seconds a job may train")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(run_command=_cmd_retrain)
     return parser
 
 

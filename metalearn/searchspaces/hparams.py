@@ -33,3 +33,25 @@ class HParamsSpace(ContinuousSpace):
 
     def fill(self, recipe: Recipe, genome: tuple[float, ...]) -> Recipe:
         return recipe.replace(hparams=self.build(genome))
+
+    def export_source(self, genome: tuple[float, ...]) -> str:
+        """``HPARAMS`` and ``make_optimizer(params)``: the default recipe's SGD with them."""
+        hparams = self.build(genome)
+        values = ", ".join(f"{k!r}: {float(v)!r}" for k, v in hparams.items())
+        return f'''"""Training hyperparameters found by metalearn (space 'hparams').
+
+Genome: {self.format(genome)}
+make_optimizer is the default recipe's optimizer (SGD) with these values.
+"""
+
+import torch
+
+HPARAMS = {{{values}}}
+
+
+def make_optimizer(params, **overrides):
+    """torch.optim.SGD with HPARAMS; keywords override single values."""
+    settings = {{**HPARAMS, **overrides}}
+    return torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
+                           weight_decay=settings["weight_decay"], nesterov=False)
+'''
