@@ -93,6 +93,15 @@ def _cmd_show(args: argparse.Namespace) -> None:
     from .report import show
 
     print(show(args.run, top=args.top))
+    if args.schedule or args.plot:
+        from .report_pbt import format_schedule, plot_schedule, schedule
+
+        if args.schedule:
+            print()
+            print(format_schedule(schedule(args.run, lineage=args.lineage)))
+        if args.plot:
+            plot_schedule(args.run, args.plot, lineage=args.lineage)
+            print(f"wrote {args.plot}")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -168,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="leaderboard and statuses of a run")
     show.add_argument("run")
     show.add_argument("--top", type=int, default=10)
+    show.add_argument("--schedule", action="store_true",
+                      help="each member's hyperparameters/loss per interval (pbt, epbt)")
+    show.add_argument("--plot", metavar="PNG", help="draw each member's schedule into PNG")
+    show.add_argument("--lineage", action="store_true",
+                      help="schedules along the parents of each member's final weights")
     show.set_defaults(run_command=_cmd_show)
 
     export = commands.add_parser("export", help="a discovered candidate as a standalone PyTorch file")

@@ -24,6 +24,8 @@ STRATEGIES: dict[str, str | type[Strategy]] = {
     "random": "metalearn.strategies.random_search:RandomSearch",
     "evolution": "metalearn.strategies.evolution:RegularizedEvolution",
     "cmaes": "metalearn.strategies.nevergrad:CMAES",
+    "pbt": "metalearn.strategies.pbt:PopulationBasedTraining",
+    "epbt": "metalearn.strategies.epbt:EvolutionaryPBT",
 }
 
 _SPACE_CACHE: dict[str, SearchSpace] = {}

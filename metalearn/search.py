@@ -20,7 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .evaluator import Evaluation, Evaluator, Job, Status
+from .evaluator import Evaluation, Evaluator, Job, Status, checkpoint_path
 from .executors import Executor, make_executor
 from .ledger import Ledger, evaluation_from_row
 from .registry import get_space, get_strategy, get_task
@@ -124,6 +124,11 @@ class _Loop:
         self.failed = 0
         self.duplicate_streak = 0
         self.in_flight: list[Job] = []
+        self.checkpoints = ledger.path.parent / CHECKPOINTS
+        self.checkpointed: set[str] = set()  # told jobs whose checkpoints may be on disk
+        # a strategy that plans job lengths (successive halving) is told the search's default one
+        if hasattr(strategy, "set_default_steps"):
+            strategy.set_default_steps(steps or task.steps)
 
     def fill(self, job: Job) -> Job:
         return job.replace(task=self.task,
@@ -168,6 +173,7 @@ class _Loop:
         self.strategy.tell(evaluations[told:])
         for evaluation in evaluations:
             self._account(evaluation)
+        self.checkpointed.update(e.job.key for e in evaluations if e.job.checkpoint)
 
     def propose(self) -> None:
         while (self.executor.in_flight < self.executor.capacity
@@ -181,6 +187,9 @@ class _Loop:
             job = self.fill(job)
             self.ledger.add_proposal(job, told_before=told)
             earlier = self.ledger.lookup(job.key)
+            if (earlier is not None and job.checkpoint and earlier["status"] == Status.OK.value
+                    and not checkpoint_path(self.checkpoints, job.key).exists()):
+                earlier = None  # its checkpoint was cleaned up: train again to have one to continue
             if earlier is not None:
                 cached = evaluation_from_row(earlier, self.task)
                 cached.job, cached.cached = job, True
@@ -197,6 +206,7 @@ class _Loop:
         self.ledger.record([evaluation])
         self.strategy.tell([evaluation])
         self._account(evaluation)
+        self._drop_checkpoints(evaluation)
         self._show()
         if not evaluation.cached:
             self.bar.update(1)
@@ -210,6 +220,21 @@ class _Loop:
                             evaluation.fitness)
         else:
             self.failed += 1
+
+    def _drop_checkpoints(self, evaluation: Evaluation) -> None:
+        """Delete checkpoints of told jobs that the strategy can no longer continue from (PBT).
+
+        Only in the live loop, never during replay: the replayed strategy names what it
+        still needs, and checkpoints of jobs not yet told are never touched.
+        """
+        if evaluation.job.checkpoint:
+            self.checkpointed.add(evaluation.job.key)
+        needed = self.strategy.needed_checkpoints()
+        if needed is None:
+            return
+        for key in self.checkpointed - needed:
+            checkpoint_path(self.checkpoints, key).unlink(missing_ok=True)
+        self.checkpointed &= needed
 
     def _show(self) -> None:
         if self.progress:

@@ -3,7 +3,9 @@
 Named on the command line by joining space names with ``+`` (``hparams+loss``).
 The genome is a tuple of the parts' genomes and the text joins the parts' texts
 with `` | ``. When every part is continuous the product is continuous too (its
-vector is the concatenation), so CMA-ES, PBT and EPBT work on it unchanged.
+vector is the concatenation), so CMA-ES, PBT and EPBT work on it unchanged. When
+every part is discrete the product is a :class:`DiscreteProductSpace` whose
+decisions are the parts' in turn, so TPE and the RNN controller work on it too.
 """
 
 from __future__ import annotations
@@ -15,13 +17,20 @@ import numpy as np
 
 from ..errors import ParseError
 from ..recipe import Recipe
-from .base import ContinuousSpace, SearchSpace
+from .base import ContinuousSpace, DiscreteSpace, SearchSpace
 
 SEPARATOR = " | "
 
 
 class ProductSpace(SearchSpace[tuple[Any, ...]]):
     """The Cartesian product of spaces filling disjoint recipe slots."""
+
+    def __new__(cls, parts: Sequence[SearchSpace]) -> ProductSpace:
+        # a product of discrete spaces is discrete: hand out the subclass that says so
+        if cls is ProductSpace and len(parts) >= 2 and all(isinstance(p, DiscreteSpace)
+                                                            for p in parts):
+            cls = DiscreteProductSpace
+        return super().__new__(cls)
 
     def __init__(self, parts: Sequence[SearchSpace]) -> None:
         if len(parts) < 2:
@@ -90,6 +99,14 @@ class ProductSpace(SearchSpace[tuple[Any, ...]]):
         return sum(p.dimension for p in self._continuous_parts())
 
     @property
+    def lower(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.bounds[0])
+
+    @property
+    def upper(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.bounds[1])
+
+    @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         parts = self._continuous_parts()
         return (np.concatenate([p.bounds[0] for p in parts]),
@@ -120,3 +137,26 @@ class ProductSpace(SearchSpace[tuple[Any, ...]]):
             pieces.append(p.clip(piece) if p.bounded else piece)
             start += p.dimension
         return np.concatenate(pieces)
+
+
+class DiscreteProductSpace(ProductSpace, DiscreteSpace[tuple[Any, ...]]):
+    """A product of discrete spaces: its decisions are the parts' decisions, concatenated."""
+
+    def _discrete_parts(self) -> list[DiscreteSpace]:
+        return [p for p in self.parts if isinstance(p, DiscreteSpace)]
+
+    def decisions(self) -> list[int]:
+        return [size for part in self._discrete_parts() for size in part.decisions()]
+
+    def from_decisions(self, choices: Sequence[int]) -> tuple[Any, ...]:
+        genome, start = [], 0
+        for part in self._discrete_parts():
+            count = len(part.decisions())
+            genome.append(part.from_decisions(list(choices[start:start + count])))
+            start += count
+        if start != len(choices):
+            raise ValueError(f"space {self.name!r} takes {start} decisions, got {len(choices)}")
+        return tuple(genome)
+
+    def to_decisions(self, genome: tuple[Any, ...]) -> list[int]:
+        return [c for part, g in zip(self._discrete_parts(), genome) for c in part.to_decisions(g)]

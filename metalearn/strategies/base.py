@@ -72,6 +72,14 @@ class Strategy(ABC):
         """True when the strategy has nothing more to propose (e.g. halving's last rung)."""
         return False
 
+    def needed_checkpoints(self) -> set[str] | None:
+        """Job keys whose checkpoints a future job may still continue from (PBT's members).
+
+        The search deletes the run's other checkpoints of told jobs after each tell, so
+        disk use stays bounded; ``None`` (the default) keeps every checkpoint.
+        """
+        return None
+
     @abstractmethod
     def _ask(self) -> Job | None: ...
 
