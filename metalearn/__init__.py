@@ -15,6 +15,8 @@ stays fast; the heavy modules (torch) load only when a name that needs them is u
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
@@ -81,3 +83,24 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
+
+
+#: public functions that share their name with the module that defines them
+_FUNCTIONS_OVER_MODULES = frozenset({"compare", "retrain"})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``metalearn.compare``/``metalearn.retrain`` the functions of the public API.
+
+    Importing a submodule makes the import system bind it on its package
+    (``metalearn.compare = <module>``), which would hide the function of the same
+    name for whoever imported ``metalearn.compare.X`` first.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FUNCTIONS_OVER_MODULES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
