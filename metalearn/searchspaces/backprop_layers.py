@@ -100,7 +100,7 @@ ELEMENTWISE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mul": torch.mul,
     "max": torch.maximum,
     "min": torch.minimum,
-    "left": lambda a, b: a,
+    "left": lambda a, b: a,  # compiled to its left argument alone
 }
 
 TYPED_BINARY = ("apply", "direct")
@@ -110,7 +110,8 @@ def operands_of(program: Program) -> set[str]:
     """The operand names a program reads."""
     if len(program) == 1:
         return {program[0]}
-    return set().union(*(operands_of(arg) for arg in program[1:]))
+    args = program[1:2] if program[0] == "left" else program[1:]
+    return set().union(*(operands_of(arg) for arg in args))
 
 
 def check_program(program: Program) -> None:
@@ -204,6 +205,8 @@ def _compile(program: Program) -> Signal:
         unary, (x,) = UNARY[head], parts
         return lambda c: unary(x(c), c.state.generator)
     a, b = parts
+    if head == "left":  # the right argument is never evaluated (it may draw random numbers)
+        return a
     if head in ELEMENTWISE:
         binary = ELEMENTWISE[head]
         return lambda c: binary(a(c), b(c))
@@ -460,12 +463,3 @@ class BackpropRule:
             z = torch.randn(shape, generator=generator, device=generator.device)
             # std 1/sqrt(classes): e @ D then has the RMS of e per entry
             layer.feedback_D = (z / math.sqrt(classes)).to(layer.weight)
-
-
-def convert(model: nn.Module, program: Program = BACKPROP,
-            generator: torch.Generator | None = None) -> BackpropRule:
-    """Convert ``model`` in place to the rule ``program``; returns the rule (call its
-    ``observe_output(logits)`` each step if the rule reads ``e``)."""
-    rule = BackpropRule(program)
-    rule.apply(model, generator)
-    return rule

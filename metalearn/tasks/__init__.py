@@ -18,6 +18,10 @@ register_task(SupervisedTask(
     name="mnist1d-mlp", dataset="mnist1d", model="mlp", steps=2000, batch_size=128,
     hparams={"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
 ))
+register_task(SupervisedTask(  # Conv2d layers with strides and padding, for backward rules
+    name="mnist1d-conv", dataset="mnist1d", model="signal-convnet", steps=2000, batch_size=128,
+    hparams={"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+))
 
 # A cheap synthetic task (no training) for comparing search strategies: docs/strategies.md.
 from .synthetic import SyntheticRuleMatch  # noqa: E402
@@ -54,13 +58,16 @@ register_task(_wrn.with_options(  # Bello et al. 2017: 5 epochs of a small ConvN
     lr_schedule="constant", augment="none",
     hparams={"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0},
 ))
-for _model in ("mlp", "convnet"):  # Frerix et al. 2018: 50 epochs of batch 500, x/255 only
-    register_task(_wrn.with_options(
-        name=f"cifar10-proxprop-{_model}", model=f"proxprop-{_model}", model_args={},
-        data_args={"normalize": False}, batch_size=500, epochs=50, lr_schedule="constant",
-        augment="none", amp=False, channels_last=False,
-        hparams={"lr": 0.05, "momentum": 0.95, "weight_decay": 0.0, "nesterov": 1.0},
-    ))
+_proxprop = _wrn.with_options(  # Frerix et al. 2018: 50 epochs of batch 500, x/255 only
+    name="cifar10-proxprop-mlp", model="proxprop-mlp", model_args={}, data_args={"normalize": False},
+    batch_size=500, epochs=50, lr_schedule="constant", augment="none", amp=False,
+    channels_last=False, hparams={"lr": 0.05, "momentum": 0.95, "weight_decay": 0.0, "nesterov": 1.0},
+)
+register_task(_proxprop)  # their MLP baseline: Nesterov SGD, lr 0.05, momentum 0.95
+register_task(_proxprop.with_options(  # their ConvNet baseline: Adam, lr 1e-3
+    name="cifar10-proxprop-convnet", model="proxprop-convnet", optimizer="adam",
+    hparams={"lr": 1e-3, "weight_decay": 0.0},
+))
 
 __all__ = ["TASKS", "Diverged", "JobTimeout", "SupervisedTask", "Task", "TrainingState",
            "register_task"]
