@@ -82,3 +82,4 @@ def _imported_on_use(target: str) -> ExecutorFactory:
 
 register_executor("pool", _imported_on_use("metalearn.pool_executor:PoolExecutor"))
 register_executor("ray", _imported_on_use("metalearn.ray_executor:RayExecutor"))
+register_executor("batched", _imported_on_use("metalearn.batched_executor:BatchedExecutor"))
