@@ -170,6 +170,7 @@ class Evaluator:
         if out_of_memory is not None:
             del state
             return _release_device(out_of_memory)
+        assert state is not None  # every other way out of the block above has returned
         try:
             deadline = time.monotonic() + self.job_timeout if self.job_timeout else None
             state.train(job.steps, deadline=deadline)
