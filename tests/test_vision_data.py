@@ -4,8 +4,8 @@ The fixtures are written here: CIFAR-10's pickled python batches (``data_batch_1
 ``test_batch``, ``batches.meta``) and SVHN's MATLAB files (``X`` of shape (32, 32, 3, N),
 ``y`` of shape (N, 1) with label 10 for digit 0), so torchvision's readers and ours
 run in CI exactly as on the real data. Every image carries its own index in pixel
-(0, 0, 0), and each class a bright band of rows, so tests can tell images apart and
-small models can learn them in a few steps (tests/test_vision_tasks.py).
+(0, 0, 0), and each class its own colour and a bright band of rows, so tests can tell
+images apart and small models learn them in a few steps (tests/test_vision_tasks.py).
 """
 
 from __future__ import annotations
@@ -25,10 +25,16 @@ from metalearn.tasks.vision import CIFAR10_MEAN, CIFAR10_STD
 PER_BATCH, N_TEST, N_SVHN_TRAIN, N_SVHN_TEST = 12, 10, 40, 10
 
 
+#: the colour of each class's background (learnable through crops and flips)
+COLOURS = np.array([[20 * c + 10, 200 - 20 * c, 60 + 120 * (c % 2)] for c in range(10)])
+
+
 def fixture_images(labels: np.ndarray, first_index: int, seed: int) -> np.ndarray:
-    """(N, 3, 32, 32) uint8: noise, a bright band of rows 3c..3c+2 for class c, the index at (0,0,0)."""
+    """(N, 3, 32, 32) uint8: the class colour plus noise, a bright band of rows 3c+1..3c+3
+    for class c, the image's index at (0, 0, 0)."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 100, size=(len(labels), 3, 32, 32), dtype=np.uint8)
+    noise = rng.integers(0, 40, size=(len(labels), 3, 32, 32))
+    images = (COLOURS[labels][:, :, None, None] + noise).astype(np.uint8)
     for i, label in enumerate(labels):
         images[i, :, 3 * label + 1:3 * label + 4, :] = 250
         images[i, 1, :, 0] = 7  # a left/right and channel asymmetry, so layout mistakes show

@@ -10,13 +10,22 @@ from typing import Any
 
 import torch
 
-from ..recipe import Recipe
+from ..recipe import OptimizerFactory, Recipe, sgd
 from .base import Task
 from .data import load_dataset
 from .models import MODELS
 from .train import Augment, Trainer, derive_seed
 
 AUGMENTS: dict[str, Augment] = {}
+
+
+def adam(params: Any, *, lr: float, weight_decay: float = 0.0, **_: Any) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015) with default betas: ProxProp's ConvNet baseline (Frerix et al. 2018)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+#: a task's default optimizer, by name (a candidate of the optimizer space replaces it)
+OPTIMIZERS: dict[str, OptimizerFactory] = {"sgd": sgd, "adam": adam}
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class SupervisedTask(Task):
     model_args: Mapping[str, Any] = field(default_factory=dict)
     data_args: Mapping[str, Any] = field(default_factory=dict)
     lr_schedule: str = "constant"
+    #: the default recipe's optimizer, a name in ``OPTIMIZERS``
+    optimizer: str = "sgd"
     augment: str = "none"
     amp: bool = False
     channels_last: bool = False
@@ -46,11 +57,18 @@ class SupervisedTask(Task):
     #: training examples in one epoch, so that ``with_options(epochs=...)`` can convert to steps
     epoch_size: int | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r} of task {self.name!r}; "
+                             f"accepted: {', '.join(sorted(OPTIMIZERS))}")
+
     @property
     def config(self) -> Mapping[str, Any]:
         config = dataclasses.asdict(self)
         config.pop("data_dir")
         config.pop("epoch_size")
+        if config["optimizer"] == "sgd":  # only shown when not the default: keeps older job keys
+            config.pop("optimizer")
         return {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}
 
     def with_options(self, **options: Any) -> SupervisedTask:
@@ -81,7 +99,7 @@ class SupervisedTask(Task):
         return options
 
     def default_recipe(self) -> Recipe:
-        return Recipe(hparams=dict(self.hparams))
+        return Recipe(optimizer=OPTIMIZERS[self.optimizer], hparams=dict(self.hparams))
 
     def load_data(self) -> Any:
         args = dict(self.data_args)
