@@ -162,7 +162,7 @@ def test_bad_schedule_and_optimizer_are_refused():
 
 @pytest.mark.gpu
 def test_gpu_path_trains_with_amp_channels_last_and_resident_uint8(data_dir):
-    task = tiny("cifar10-wrn-16-2", data_dir, steps=5, batch_size=32)
+    task = tiny("cifar10-wrn-16-2", data_dir, steps=10, batch_size=16)
     state = task.start(task.default_recipe(), seed=0, device="cuda")
     assert isinstance(state, Trainer)
     assert state.data.x_train.is_cuda and state.data.x_train.dtype == torch.uint8
@@ -170,5 +170,5 @@ def test_gpu_path_trains_with_amp_channels_last_and_resident_uint8(data_dir):
     conv = next(m for m in state.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     before = full_batch_training_loss(state)
-    state.train(5)
-    assert full_batch_training_loss(state) < before
+    state.train(10)
+    assert full_batch_training_loss(state) < 0.9 * before

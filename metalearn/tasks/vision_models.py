@@ -17,8 +17,8 @@
   then a linear classifier on the flattened 32x32x32 feature map. The paper names no
   pooling, and a flattened map keeps where a feature is (global pooling after two 3x3
   layers would leave only 5x5-patch statistics, too weak a proxy of a real network);
-  337,898 parameters, 9.7 MFLOPs forward per image: cheap enough for thousands of
-  5-epoch evaluations.
+  337,898 parameters, 21 MFLOPs forward per image (WRN-16-2: 202): cheap enough
+  for thousands of 5-epoch evaluations.
 - ``proxprop-mlp`` and ``proxprop-convnet``: the networks of Proximal Backpropagation
   (Frerix et al. 2018, ICLR; their code's ``ProxPropMLP``/``ProxPropConvNet``): a ReLU
   MLP 3072-4000-1000-4000-10, and three 5x5 convolutions of 16, 20, 20 channels
