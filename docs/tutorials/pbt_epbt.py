@@ -38,7 +38,7 @@ epbt = ml.search(
     budget=POPULATION * INTERVALS,
     steps=STEPS,
     run="runs/tutorial-epbt",
-    init=["default+cross_entropy_taylor"] * POPULATION,   # every member starts from the known point
+    init=["default+cross_entropy_taylor"],   # member 0 starts from the known point, the rest at random
     strategy_options={"population_size": POPULATION, "intervals": INTERVALS},
     progress=not TINY,
 )
