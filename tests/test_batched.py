@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -14,11 +16,14 @@ from metalearn.registry import get_space
 from metalearn.search import search
 from metalearn.tasks import TASKS, Diverged, SupervisedTask
 from metalearn.tasks.batched import BatchedTrainer, Member, model_refusal, shares_update
+from metalearn.tasks.data import DATASETS
 from metalearn.tasks.models import MODELS
+from metalearn.tasks.train import Splits
 
 STEPS = 50
-TASK = TASKS["mnist1d-mlp"]
-assert isinstance(TASK, SupervisedTask)
+_task = TASKS["mnist1d-mlp"]
+assert isinstance(_task, SupervisedTask)
+TASK: SupervisedTask = _task
 
 
 @pytest.fixture(autouse=True)
@@ -169,6 +174,37 @@ def test_batchnorm_members_keep_their_own_statistics(monkeypatch):
     assert not torch.allclose(means[0], means[2])
 
 
+def test_image_members_match_with_augmentation_schedule_and_nesterov(monkeypatch):
+    def images(**_):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (240, 3, 16, 16), generator=g, dtype=torch.uint8)
+        y = torch.randint(0, 10, (240,), generator=g)
+        return Splits(x[:160], y[:160], x[160:200], y[160:200], x[200:], y[200:], 10,
+                      mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25))
+
+    def conv_bn(in_shape, num_classes, **_):
+        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False),
+                             nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 8 * 8, num_classes))
+
+    monkeypatch.setitem(DATASETS, "batched-test-images", images)
+    monkeypatch.setitem(MODELS, "test-conv2d-bn", conv_bn)
+    steps = 12
+    task = SupervisedTask(name="test-images", dataset="batched-test-images", model="test-conv2d-bn",
+                          steps=steps, batch_size=16, augment="crop-flip",
+                          lr_schedule="multistep:0.3,0.6:0.2",
+                          hparams={"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                                   "nesterov": 1.0})
+    loss = get_space("loss")
+    recipes = [task.default_recipe(), task.default_recipe().replace(hparams={"lr": 0.03}),
+               loss.fill(task.default_recipe(), loss.named()["cross_entropy_taylor"])]
+    seeds = [5, 6, 7]
+    trainer = BatchedTrainer(task, [Member(r, s) for r, s in zip(recipes, seeds)],
+                             total_steps=steps)
+    trainer.train(steps)
+    assert_twins(trainer, task, recipes, seeds, steps)
+
+
 def test_models_with_their_own_dropout_generator_are_refused():
     wrn = MODELS["wrn"]((3, 32, 32), 10, depth=10, width=1, dropout=0.3)
     reason = model_refusal(wrn)
@@ -250,16 +286,16 @@ def test_jobs_that_cannot_be_batched_run_sequentially_with_a_note(monkeypatch):
 
 
 def test_batched_search_records_the_same_ledger_as_inline(tmp_path):
-    common = dict(space="loss", strategy="random", task="mnist1d-mlp", budget=6, steps=30,
+    common: dict[str, Any] = dict(space="loss", strategy="random", task="mnist1d-mlp", budget=5, steps=20,
                   seed=0, device="cpu", progress=False)
     batched = search(run=tmp_path / "batched", executor="batched",
-                     executor_options={"population": 4}, **common)
+                     executor_options={"population": 3}, **common)
     inline = search(run=tmp_path / "inline", **common)
     b = batched.to_pandas().set_index("key").sort_index()
     i = inline.to_pandas().set_index("key").sort_index()
-    assert len(b) == 6 and list(b.index) == list(i.index)
+    assert len(b) == 5 and list(b.index) == list(i.index)
     assert (b["status"] == i["status"]).all()
-    assert b["device"].str.contains("batch of 4").sum() == 4  # a population of 4, then of 2
+    assert b["device"].str.contains("batch of 3").sum() == 3  # a population of 3, then of 2
     assert b["device"].str.contains("batch of 2").sum() == 2
     ok = i["status"] == "ok"
     np.testing.assert_allclose(b.loc[ok, "fitness"], i.loc[ok, "fitness"], atol=1.5e-3)
@@ -279,7 +315,8 @@ def test_population_on_cuda_matches_sequential_cuda_runs():
         state = TASK.start(recipe, i, "cuda", total_steps=STEPS)
         state.train(STEPS)
         expected = state.evaluate()
-        for name, value in state.model.state_dict().items():
+        for name, value in state.model.state_dict().items():  # type: ignore[attr-defined]
             torch.testing.assert_close(trainer.member_state(i)[name], value, rtol=1e-3, atol=1e-4)
-        assert metrics[i] is not None
-        assert metrics[i]["accuracy"] == pytest.approx(expected["accuracy"], abs=5e-3)
+        scores = metrics[i]
+        assert scores is not None
+        assert scores["accuracy"] == pytest.approx(expected["accuracy"], abs=5e-3)

@@ -174,7 +174,9 @@ class BatchedTrainer:
         self.curves: list[list[tuple[int, float]]] = [[] for _ in range(self.size)]
         self._failures: dict[int, MemberFailure] = {}
         self._snapshot: Tensors | None = None  # parameters of frozen members, kept as they were
+        # who still trains, on the device (for masks) and in Python (no device sync per step)
         self._alive = torch.ones(self.size, dtype=torch.bool, device=self.device)
+        self._alive_list = [True] * self.size
         n = len(self.data.y_train)
         self._order = torch.zeros(self.size, n, dtype=torch.long, device=self.device)
         self._cursors = [n + 1] * self.size  # past the end: shuffle before the first batch, as Trainer
@@ -244,7 +246,7 @@ class BatchedTrainer:
         self.model.train()
         window: list[torch.Tensor] = []
         for _ in range(steps):
-            if not bool(self._alive.any()):
+            if not any(self._alive_list):
                 break
             window.append(self._step())
             if self.steps[0] % self._check_every == 0 or len(window) >= self._curve_every:
@@ -270,7 +272,7 @@ class BatchedTrainer:
         named = dict(zip(leaves, grads))
         with torch.no_grad():
             for update in self.updates:
-                if not bool(self._alive[update.start:update.stop].any()):
+                if not any(self._alive_list[update.start:update.stop]):
                     continue
                 factors = None if self.task.lr_schedule == "constant" else [
                     lr_factor(self.task.lr_schedule, self.steps[pos], self.total_steps)
@@ -303,8 +305,25 @@ class BatchedTrainer:
         self._cursors = [c + b for c in self._cursors]
         x, y = self.data.x_train[index], self.data.y_train[index]
         if self.augment is not None:
-            x = torch.stack([self.augment(x[p], g) for p, g in enumerate(self.data_generators)])
+            x = self._augmented(x)
         return self.data.prepare(x), y
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's batch augmented with draws from its own data generator."""
+        from .augment import crop_flip, random_crop_flip
+
+        if self.augment is not random_crop_flip:
+            return torch.stack([self.augment(x[p], g)  # type: ignore[misc]
+                                for p, g in enumerate(self.data_generators)])
+        # random_crop_flip's draws, member by member, then one gather for the population
+        n, padding = x.shape[1], 4
+        tops, lefts, flips = [], [], []
+        for g in self.data_generators:
+            tops.append(torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device))
+            lefts.append(torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device))
+            flips.append(torch.rand(n, generator=g, device=x.device) < 0.5)
+        return crop_flip(x.flatten(0, 1), torch.cat(tops), torch.cat(lefts), torch.cat(flips),
+                         padding).view_as(x)
 
     def _check(self, window: list[torch.Tensor], flush: bool) -> None:
         """Trainer._check per member: the first non-finite loss marks the member diverged."""
@@ -320,7 +339,7 @@ class BatchedTrainer:
                 self.curves[pos].append((self.steps[pos], means[pos]))
 
     def _live(self) -> list[int]:
-        return self._alive.nonzero().flatten().tolist()
+        return [pos for pos, alive in enumerate(self._alive_list) if alive]
 
     def _fail_now(self, pos: int, err: BaseException) -> None:
         self._fail(pos, "error", err)
@@ -330,6 +349,7 @@ class BatchedTrainer:
             return
         self._failures[pos] = MemberFailure(status, err, self.steps[pos])
         self._alive[pos] = False
+        self._alive_list[pos] = False
         if self._snapshot is None:
             self._snapshot = {k: v.clone() for k, v in self.params.items()}
         else:
@@ -497,28 +517,39 @@ class _FunctionalSGD(_Update):
         def column(name: str, default: float) -> torch.Tensor:
             return torch.tensor([float(h.get(name, default)) for h in hparams], device=device)
 
-        self.lr = column("lr", 0.1)
+        # learning rates times schedule factors are formed in float64, as SGD's Python floats
+        self.lr64 = torch.tensor([float(h.get("lr", 0.1)) for h in hparams], device=device,
+                                 dtype=torch.float64)
+        self.lr = self.lr64.float()
         self.momentum = column("momentum", 0.0)
         self.weight_decay = column("weight_decay", 0.0)
         self.nesterov = column("nesterov", 0.0).bool() & (self.momentum > 0)
+        # decided once, in Python: asking the device every step would synchronise it
+        self.decay = any(float(h.get("weight_decay", 0.0)) != 0 for h in hparams)
+        self.any_nesterov = any(bool(float(h.get("nesterov", 0.0))) and
+                                float(h.get("momentum", 0.0)) > 0 for h in hparams)
         self.hparams = [dict(h) for h in hparams]
         # a zero buffer makes the first step buf = 0 * momentum + grad = grad, as SGD's clone
         self.buffers = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.stepped = torch.zeros(stop - start, dtype=torch.bool, device=device)
 
     def step(self, grads: Tensors, factors: list[float] | None) -> None:
-        lr = self.lr if factors is None else self.lr * torch.tensor(factors, device=self.lr.device)
-        decay = bool((self.weight_decay != 0).any())
-        nesterov = bool(self.nesterov.any())
+        if factors is None:
+            lr = self.lr
+        elif all(f == factors[0] for f in factors):  # a Python scalar: no copy to the device
+            lr = (self.lr64 * factors[0]).float()
+        else:  # members continued from different steps of a schedule
+            lr = (self.lr64 * torch.tensor(factors, device=self.lr.device,
+                                           dtype=torch.float64)).float()
         for k, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
             g = grads[k][self.start:self.stop]  # this step's gradient, ours to overwrite
-            if decay:
+            if self.decay:
                 g.addcmul_(p, self.weight_decay.view(shape))
             buf = self.buffers[k]
             buf.mul_(self.momentum.view(shape)).add_(g)
             d = torch.where(self.nesterov.view(shape), g.addcmul(buf, self.momentum.view(shape)),
-                            buf) if nesterov else buf
+                            buf) if self.any_nesterov else buf
             p.addcmul_(d, lr.view(shape), value=-1)
         self.stepped[:] = True
 
@@ -648,25 +679,27 @@ class _Losses:
         for pos, recipe in enumerate(recipes):
             kind = "taylorglo" if isinstance(recipe.loss, TaylorGLOLoss) else id(recipe.loss)
             groups.setdefault(kind, []).append(pos)
-        self.parts: list[tuple[list[int], LossPart]] = []
+        self.parts: list[tuple[torch.Tensor | None, LossPart]] = []
         for kind, positions in groups.items():
             if kind == "taylorglo":
                 thetas = [recipes[p].loss.theta for p in positions]  # type: ignore[attr-defined]
-                self.parts.append((positions, _taylorglo(torch.stack(thetas).to(device))))
+                part = _taylorglo(torch.stack(thetas).to(device))
             else:
-                self.parts.append((positions, _shared(recipes[positions[0]].loss, positions)))
-        flat = [p for positions, _ in self.parts for p in positions]
+                part = _shared(recipes[positions[0]].loss, positions)
+            # made once: building an index tensor each step would copy it to the device each step
+            index = None if len(positions) == self.size else torch.tensor(positions, device=device)
+            self.parts.append((index, part))
+        flat = [p for positions in groups.values() for p in positions]
         self.inverse = (None if flat == list(range(self.size))
                         else torch.argsort(torch.tensor(flat, device=device)))
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor,
                  fail: Callable[[int, BaseException], None]) -> torch.Tensor:
         values = []
-        for positions, compute in self.parts:
-            if len(positions) == self.size:
+        for index, compute in self.parts:
+            if index is None:
                 values.append(compute(logits, y, fail))
             else:
-                index = torch.tensor(positions, device=logits.device)
                 values.append(compute(logits[index], y[index], fail))
         joined = values[0] if len(values) == 1 else torch.cat(values)
         return joined if self.inverse is None else joined[self.inverse]

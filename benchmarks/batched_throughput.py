@@ -1,0 +1,125 @@
+"""Evaluations per minute: the ``batched`` executor against sequential evaluation.
+
+Baseline: the inline executor's path, ``Evaluator.evaluate`` one job after another on
+the same device (what ``--executor inline`` does). Measured: ``BatchedExecutor`` on
+``P`` jobs at once (member construction, training, evaluation, all included). Both
+train the same jobs (the same candidates and seeds, ``--steps`` steps each); the
+sequential rate is measured on ``--sequential-jobs`` of them right before each
+population, so that a machine shared with other work loads both alike.
+
+    python benchmarks/batched_throughput.py                      # CPU, mnist1d-mlp, P = 8 32 128
+    python benchmarks/batched_throughput.py --device cuda        # + cifar10-wrn-10-1 if its data is found
+    python benchmarks/batched_throughput.py --space optimizer --populations 32
+
+Prints one row per task, space and population size, with the ratio batched/sequential.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from metalearn.batched_executor import BatchedExecutor
+from metalearn.candidate import Candidate
+from metalearn.errors import UserError
+from metalearn.evaluator import Evaluation, Evaluator, Job
+from metalearn.registry import get_space, get_task
+from metalearn.tasks.base import Task
+
+
+def candidates(space_name: str, count: int, seed: int) -> list[Candidate]:
+    """``count`` candidates that train (no early divergence, which would flatter sequential)."""
+    space = get_space(space_name)
+    rng = np.random.default_rng(seed)
+    if space_name == "loss":  # small steps around cross-entropy's expansion
+        centre = space.named()["cross_entropy_taylor"]
+        genomes = [centre] + [tuple(float(v) for v in np.asarray(centre) +
+                                    rng.normal(0, 0.05, len(centre))) for _ in range(count - 1)]
+    elif space_name == "optimizer":  # the named rules in turn (equal rules share an update)
+        named = list(space.named().values())
+        genomes = [named[i % len(named)] for i in range(count)]
+    else:
+        genomes = [space.sample(rng) for _ in range(count)]
+    return [space.candidate(g) for g in genomes]
+
+
+def jobs_for(task: Task, space: str, count: int, steps: int) -> list[Job]:
+    return [Job(c, steps=steps, seed=i, task=task) for i, c in enumerate(candidates(space, count, 0))]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def sequential_rate(evaluator: Evaluator, jobs: Sequence[Job]) -> tuple[float, list[Evaluation]]:
+    """Evaluations per minute, one job after another."""
+    sync(evaluator.device)
+    start = time.perf_counter()
+    results = [evaluator.evaluate(job) for job in jobs]
+    sync(evaluator.device)
+    return 60 * len(jobs) / (time.perf_counter() - start), results
+
+
+def batched_rate(evaluator: Evaluator, jobs: Sequence[Job]) -> tuple[float, list[Evaluation], list[str]]:
+    """Evaluations per minute, all ``jobs`` as one population."""
+    executor = BatchedExecutor(evaluator, population=len(jobs))
+    sync(evaluator.device)
+    start = time.perf_counter()
+    results = executor.evaluate(jobs)
+    sync(evaluator.device)
+    return 60 * len(jobs) / (time.perf_counter() - start), results, executor.notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--tasks", nargs="+", help="default: mnist1d-mlp (+ cifar10-wrn-10-1 on CUDA)")
+    parser.add_argument("--space", default="loss", help="loss, hparams or optimizer")
+    parser.add_argument("--populations", nargs="+", type=int, default=[8, 32, 128])
+    parser.add_argument("--steps", type=int, default=200, help="training steps of each job")
+    parser.add_argument("--sequential-jobs", type=int, default=8,
+                        help="jobs timed one after another for the baseline rate")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda asked for, but CUDA is not available", file=sys.stderr)
+        return 2
+    tasks = args.tasks or (["mnist1d-mlp", "cifar10-wrn-10-1"] if args.device.startswith("cuda")
+                           else ["mnist1d-mlp"])
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    print(f"device {args.device} ({name}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, space {args.space}, {args.steps} steps per job")
+    print(f"{'task':<18} {'P':>5} {'sequential/min':>15} {'batched/min':>12} {'ratio':>7}  notes")
+    evaluator = Evaluator(device=args.device)
+    for task_name in tasks:
+        try:
+            task = get_task(task_name)
+            task.load_data()  # type: ignore[attr-defined]
+        except (UserError, KeyError) as err:
+            print(f"{task_name:<18} skipped: {err}")
+            continue
+        evaluator.evaluate(jobs_for(task, args.space, 1, min(args.steps, 20))[0])  # warm up
+        for population in args.populations:
+            jobs = jobs_for(task, args.space, population, args.steps)
+            seq, seq_results = sequential_rate(evaluator, jobs[:args.sequential_jobs])
+            bat, bat_results, notes = batched_rate(evaluator, jobs)
+            agree = all(a.status == b.status and (a.fitness is None or b.fitness is None
+                        or abs(a.fitness - b.fitness) < 0.01)
+                        for a, b in zip(seq_results, bat_results))
+            note = "; ".join(notes) + ("" if agree else " FITNESS DIFFERS FROM SEQUENTIAL")
+            print(f"{task_name:<18} {population:>5} {seq:>15.1f} {bat:>12.1f} {bat / seq:>6.2f}x  "
+                  f"{note}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
