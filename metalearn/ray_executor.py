@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +99,15 @@ class RayExecutor(Executor):
             retry_exceptions=False, name="metalearn-job")
         self._starts = (ray.remote(num_cpus=0)(StartLog).remote()
                         if self.limit is not None else None)
-        self._refs: dict[Any, tuple[int, Job]] = {}   # in flight: object ref -> (ticket, job)
+        self._refs: dict[Any, _InFlight] = {}
         self._done: list[Evaluation] = []
         self._count = 0
         self._capacity, self._sized = 1, float("-inf")
 
     # -- the Executor interface
-    @property  # type: ignore[override]
+    @property
     def capacity(self) -> int:
+        """``workers`` if given, else the jobs the cluster can run at once (it may grow)."""
         if self.workers is not None:
             return self.workers
         if time.monotonic() - self._sized > RESIZE_S:
@@ -116,16 +118,19 @@ class RayExecutor(Executor):
             self._capacity, self._sized = max(1, int(slots + 1e-9)), time.monotonic()
         return self._capacity
 
+    @capacity.setter
+    def capacity(self, jobs: int) -> None:
+        self.workers = jobs
+
     def submit(self, job: Job) -> None:
         ref = self._task.remote(self._config, self._count, job, self._starts)
-        self._refs[ref] = (self._count, job)
+        self._refs[ref] = _InFlight(self._count, job, time.monotonic())
         self._count += 1
 
     def wait(self) -> list[Evaluation]:
         ray = self._ray
         while not self._done and self._refs:
-            timeout = POLL_S if self.limit is not None else None
-            ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+            ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=self._until_check())
             if ready:  # take every job that has finished, not only the first
                 ready, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
             for ref in ready:
@@ -155,9 +160,7 @@ class RayExecutor(Executor):
     # -- results and faults
     def _collect(self, ref: Any) -> None:
         ray = self._ray
-        ticket, job = self._refs.pop(ref)
-        if self._starts is not None:
-            self._starts.forget.remote([ticket])
+        job = self._refs.pop(ref).job
         try:
             evaluation: Evaluation = ray.get(ref)
         except ray.exceptions.RayTaskError as err:  # the task raised: not the candidate's fault
@@ -176,22 +179,43 @@ class RayExecutor(Executor):
         evaluation.job = job
         self._done.append(evaluation)
 
+    def _until_check(self) -> float | None:
+        """How long ``ray.wait`` may block before the time limits need a look."""
+        if self.limit is None:
+            return None
+        # a job cannot have run for longer than it has been submitted: until the oldest
+        # could be late, the start log need not be asked (no cost to jobs within limits)
+        oldest = min(flight.submitted for flight in self._refs.values())
+        until = oldest + self.limit + self.grace - time.monotonic()
+        return POLL_S if until <= 0 else until + 0.01
+
+    def _suspects(self) -> list[Any]:
+        assert self.limit is not None
+        now = time.monotonic()
+        return [ref for ref, flight in self._refs.items()
+                if now - flight.submitted > self.limit + self.grace]
+
     def _enforce_limit(self) -> None:
         assert self.limit is not None and self._starts is not None
         ray = self._ray
-        by_ticket = {ticket: ref for ref, (ticket, _) in self._refs.items()}
-        elapsed: dict[int, float] = ray.get(self._starts.elapsed.remote(list(by_ticket)))
-        late = [t for t, seconds in elapsed.items() if seconds > self.limit + self.grace]
-        for ticket in late:
-            ref = by_ticket[ticket]
-            # a job that finished just now keeps its result
-            if ray.wait([ref], timeout=0)[0]:
-                continue
-            _, job = self._refs.pop(ref)
+        suspects = {self._refs[ref].ticket: ref for ref in self._suspects()}
+        if not suspects:
+            return
+        elapsed: dict[int, float] = ray.get(self._starts.elapsed.remote(list(suspects)))
+        for ticket, seconds in elapsed.items():
+            ref = suspects[ticket]
+            if seconds <= self.limit + self.grace or ray.wait([ref], timeout=0)[0]:
+                continue  # within its limit (it was queued a while), or it finished just now
+            job = self._refs.pop(ref).job
             ray.cancel(ref, force=True)
-            self._done.append(timed_out(job, elapsed[ticket], self.limit, self.grace, self.device))
-        if late:
-            self._starts.forget.remote(late)
+            self._done.append(timed_out(job, seconds, self.limit, self.grace, self.device))
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    ticket: int
+    job: Job
+    submitted: float
 
 
 class StartLog:
@@ -206,10 +230,6 @@ class StartLog:
     def elapsed(self, tickets: Sequence[int]) -> dict[int, float]:
         now = time.monotonic()
         return {t: now - self.started[t] for t in tickets if t in self.started}
-
-    def forget(self, tickets: Sequence[int]) -> None:
-        for ticket in tickets:
-            self.started.pop(ticket, None)
 
 
 _EVALUATORS: dict[tuple[Any, ...], Evaluator] = {}
