@@ -89,6 +89,11 @@ class RayExecutor(Executor):
             else:
                 ray.init(address=address, **quiet)
         self.workers, self.num_cpus, self.num_gpus = workers, float(num_cpus), num_gpus
+        if num_gpus and address is None and not ray.cluster_resources().get("GPU"):
+            if self._owns_connection:
+                ray.shutdown()
+            raise UserError(f"device {evaluator.device} was asked for, but the local Ray cluster "
+                            "has no GPU; use --device cpu, or --address of a cluster with GPUs")
         self.device = "cuda" if cuda else "cpu"  # Ray picks the GPU and sets CUDA_VISIBLE_DEVICES
         self.limit = evaluator.job_timeout
         self.grace = grace if grace is not None else default_grace(self.limit or 0.0)

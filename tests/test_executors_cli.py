@@ -46,3 +46,16 @@ def test_executor_mistakes_are_one_line_and_exit_2(flags: list[str], message: st
                  "--steps", "1", "--run", str(tmp_path / "R"), "--no-progress", *flags])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_ray_executor_without_ray_installed_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    import sys
+
+    from metalearn.errors import UserError
+    from metalearn.evaluator import Evaluator
+    from metalearn.executors import make_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(UserError, match=r"pip install 'metalearn\[ray\]'"):
+        make_executor("ray", Evaluator("cpu"))
