@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps to time (default: one epoch, ceil(45000 / batch))")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20, 1 on CPU)")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--compile", default="none",
+                        help="torch.compile mode of metalearn's loop: none, default, reduce-overhead")
     parser.add_argument("--peak", type=float, default=989e12, help="peak bf16 FLOP/s of the device")
     parser.add_argument("--data-dir", default=None, help="folder with cifar-10-batches-py/")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"task {args.task!r} is not a supervised image task")
     if args.batch_size:
         task = task.with_options(batch_size=args.batch_size)
+    if args.compile != "none":
+        task = task.with_options(compile=args.compile)
     try:
         task = task.with_options(data_dir=args.data_dir)
         splits = task.load_data()

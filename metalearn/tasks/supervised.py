@@ -56,6 +56,9 @@ class SupervisedTask(Task):
     data_dir: str | None = field(default=None, compare=False)
     #: training examples in one epoch, so that ``with_options(epochs=...)`` can convert to steps
     epoch_size: int | None = field(default=None, compare=False)
+    #: ``torch.compile`` mode on CUDA ("none", "default", "reduce-overhead", "max-autotune");
+    #: a speed knob, not part of the task's identity
+    compile: str = field(default="none", compare=False)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -67,6 +70,7 @@ class SupervisedTask(Task):
         config = dataclasses.asdict(self)
         config.pop("data_dir")
         config.pop("epoch_size")
+        config.pop("compile")
         if config["optimizer"] == "sgd":  # only shown when not the default: keeps older job keys
             config.pop("optimizer")
         return {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}
@@ -123,7 +127,8 @@ class SupervisedTask(Task):
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         augment: Callable[..., Any] | None = AUGMENTS[self.augment] if self.augment != "none" else None
         return Trainer(model, data, recipe, seed, total_steps or self.steps, self.batch_size,
-                       device, lr_schedule=self.lr_schedule, augment=augment, amp=self.amp)
+                       device, lr_schedule=self.lr_schedule, augment=augment, amp=self.amp,
+                       compile_mode=self.compile)
 
 
 def steps_for_epochs(epochs: float, epoch_size: int, batch_size: int) -> int:

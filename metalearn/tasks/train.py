@@ -127,6 +127,7 @@ class Trainer(TrainingState):
         augment: Augment | None = None,
         amp: bool = False,
         eval_batch_size: int = 1024,
+        compile_mode: str = "none",
     ) -> None:
         self.device = device
         self.data = data
@@ -142,6 +143,12 @@ class Trainer(TrainingState):
         self.model = model.to(device)
         if recipe.backward is not None:
             self.model = recipe.backward.apply(self.model, self.rule_generator) or self.model
+        # on CUDA, small models are bound by kernel launches: compiling (and CUDA graphs with
+        # "reduce-overhead") removes most of them; the state dict stays the plain model's
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if compile_mode != "none" and device.type == "cuda":
+            self._forward = torch.compile(self.model, mode=None if compile_mode == "default"
+                                          else compile_mode)
         self.optimizer = recipe.make_optimizer(
             self.model.parameters(), total_steps=total_steps, generator=self.rule_generator
         )
@@ -182,7 +189,7 @@ class Trainer(TrainingState):
                 self._set_lr()
             x, y = self._next_batch()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.model(x)
+                logits = self._forward(x)
             logits = logits.float()
             if self.recipe.backward is not None:
                 self.recipe.backward.observe_output(logits)
@@ -223,7 +230,7 @@ class Trainer(TrainingState):
             xb, yb = x[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
             xb = self.data.prepare(xb)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.model(xb)
+                logits = self._forward(xb)
             logits = logits.float()
             correct += (logits.argmax(1) == yb).sum()
             total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum")
