@@ -56,10 +56,16 @@ def sgd(
     nesterov: bool = False,
     **_: Any,
 ) -> torch.optim.Optimizer:
-    """The default optimizer: SGD with (optional) momentum and weight decay."""
+    """The default optimizer: SGD with (optional) momentum and weight decay.
+
+    On CUDA it uses PyTorch's fused kernel (one launch for all parameters).
+    """
+    params = list(params)
+    tensors = [p for p in params if isinstance(p, torch.Tensor)]
+    fused = bool(tensors) and len(tensors) == len(params) and all(p.is_cuda for p in tensors)
     return torch.optim.SGD(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        nesterov=nesterov and momentum > 0,
+        nesterov=bool(nesterov) and momentum > 0, fused=fused or None,
     )
 
 

@@ -38,7 +38,7 @@ _wrn = SupervisedTask(  # Zagoruyko & Komodakis 2016: 200 epochs, lr x0.2 at epo
     batch_size=128, steps=steps_for_epochs(200, vision.CIFAR10_EPOCH, 128),
     epoch_size=vision.CIFAR10_EPOCH, lr_schedule="multistep:0.3,0.6,0.8:0.2",
     hparams={"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": 1.0},
-    augment="crop-flip", amp=True, channels_last=True,
+    augment="crop-flip", amp=True, channels_last=True, compile="reduce-overhead",
 )
 register_task(_wrn)
 register_task(_wrn.with_options(name="cifar10-wrn-10-1", model_args={"depth": 10, "width": 1}))

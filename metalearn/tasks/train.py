@@ -146,7 +146,7 @@ class Trainer(TrainingState):
         # on CUDA, small models are bound by kernel launches: compiling (and CUDA graphs with
         # "reduce-overhead") removes most of them; the state dict stays the plain model's
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
-        if compile_mode != "none" and device.type == "cuda":
+        if compile_mode != "none" and device.type == "cuda" and recipe.backward is None:
             self._forward = torch.compile(self.model, mode=None if compile_mode == "default"
                                           else compile_mode)
         self.optimizer = recipe.make_optimizer(
