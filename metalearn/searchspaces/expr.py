@@ -292,13 +292,13 @@ class Grammar:
             in the root slot and in an inner slot.
     """
 
-    operands: tuple[Operand, ...]
-    unaries: tuple[UnaryFn, ...]
-    binaries: tuple[BinaryFn, ...]
+    operands: Sequence[Operand]
+    unaries: Sequence[UnaryFn]
+    binaries: Sequence[BinaryFn]
     result_type: str = "tensor"
     max_depth: int = 3
     constant_type: str | None = "tensor"
-    rewrites: tuple[Rewrite, ...] = ()
+    rewrites: Sequence[Rewrite] = ()
     nest_probability: tuple[float, float] = (0.9, 0.35)
     _index: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
