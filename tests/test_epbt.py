@@ -13,6 +13,7 @@ import metalearn as ml
 from metalearn.cli import main
 from metalearn.evaluator import Evaluation, Job, Status
 from metalearn.report_pbt import plot_schedule
+from metalearn.search import search
 from metalearn.strategies.epbt import EvolutionaryPBT
 from metalearn.strategies.pbt import Member
 
@@ -131,7 +132,7 @@ def test_epbt_needs_a_continuous_space() -> None:
 def test_epbt_runs_end_to_end_and_draws_each_members_loss_schedule(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     population, intervals = 4, 4
-    run = ml.search(space=SPACE, strategy="epbt", task="mnist1d-mlp", budget=population * intervals,
+    run = search(space=SPACE, strategy="epbt", task="mnist1d-mlp", budget=population * intervals,
                     run=tmp_path / "r", steps=intervals * 25, init=[CE], progress=False,
                     strategy_options={"population_size": population, "intervals": intervals})
     assert len(run) == population * intervals and run.best()["fitness"].iloc[0] > 0.3

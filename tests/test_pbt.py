@@ -22,6 +22,7 @@ from metalearn import registry
 from metalearn.evaluator import Evaluation, Evaluator, Job, Status, checkpoint_path
 from metalearn.executors import EXECUTORS, InlineExecutor
 from metalearn.report_pbt import schedule
+from metalearn.search import search
 from metalearn.strategies.base import Strategy
 from metalearn.strategies.pbt import PopulationBasedTraining
 
@@ -169,10 +170,33 @@ def test_asynchronous_mode_decides_for_a_member_as_soon_as_it_is_told() -> None:
     assert two.member == 2 and jobs[3].key in asynchronous.needed_checkpoints()
 
 
+def test_products_of_discrete_spaces_offer_decisions_and_survive_copying() -> None:
+    import copy
+    import pickle
+
+    from metalearn.searchspaces.product import DiscreteProductSpace, ProductSpace
+
+    space = ml.get_space("optimizer+backprop")
+    assert isinstance(space, DiscreteProductSpace)
+    parts = space.parts
+    assert space.decisions() == [*parts[0].decisions(), *parts[1].decisions()]  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        genome = space.sample(rng)
+        choices = space.to_decisions(genome)
+        assert space.format(space.from_decisions(choices)) == space.format(genome)
+    mixed = ml.get_space("hparams+loss")
+    assert type(mixed) is ProductSpace and not hasattr(mixed, "decisions")
+    assert mixed.lower == (-4.0, 0.0, -7.0, *[-4.0] * 8)  # type: ignore[attr-defined]
+    for clone in (copy.deepcopy(space), pickle.loads(pickle.dumps(mixed))):
+        assert clone.name in ("optimizer+backprop", "hparams+loss") and type(clone) in (
+            DiscreteProductSpace, ProductSpace)
+
+
 # -- training: checkpoints carry the run exactly
 
 def test_training_in_intervals_equals_training_in_one_job(tmp_path: Path) -> None:
-    run = ml.search(space="hparams", strategy="pbt", task=TASK, budget=6, run=tmp_path / "r",
+    run = search(space="hparams", strategy="pbt", task=TASK, budget=6, run=tmp_path / "r",
                     steps=60, progress=False,
                     strategy_options={"population_size": 2, "intervals": 3, "quantile": 0.0})
     frame = run.to_pandas()
@@ -212,7 +236,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> type[SpyExecutor]:
 def test_checkpoints_exist_when_continued_and_disk_stays_bounded_over_50_intervals(
         tmp_path: Path, spy: type[SpyExecutor]) -> None:
     population, intervals = 3, 50
-    run = ml.search(space="hparams", strategy="pbt", task=TASK, budget=population * intervals,
+    run = search(space="hparams", strategy="pbt", task=TASK, budget=population * intervals,
                     run=tmp_path / "r", steps=intervals * 2, executor="spy", progress=False,
                     strategy_options={"population_size": population, "intervals": intervals})
     assert len(spy.seen) == population * intervals
@@ -256,7 +280,7 @@ class Revisit(Strategy):
 def test_a_duplicate_whose_checkpoint_was_cleaned_up_is_trained_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.STRATEGIES, "revisit", Revisit)
-    run = ml.search(space="hparams", strategy="revisit", task=TASK, budget=10, run=tmp_path / "r",
+    run = search(space="hparams", strategy="revisit", task=TASK, budget=10, run=tmp_path / "r",
                     progress=False)
     frame = run.to_pandas(include_cached=True)
     assert len(frame) == 4 and frame["job_key"].iloc[0] == frame["job_key"].iloc[2]
@@ -267,7 +291,7 @@ def test_a_duplicate_whose_checkpoint_was_cleaned_up_is_trained_again(
 # -- resume
 
 def _pbt_search(run: Path, budget: int, **options: Any) -> ml.Run:
-    return ml.search(space="hparams", strategy="pbt", task=TASK, budget=budget, run=run, steps=40,
+    return search(space="hparams", strategy="pbt", task=TASK, budget=budget, run=run, steps=40,
                      progress=False, strategy_options={"population_size": 3, "intervals": 4,
                                                        **options})
 
@@ -337,7 +361,7 @@ def pbt_versus_static(folder: Path, seed: int, steps: int, population: int = 8,
                       intervals: int = 10) -> tuple[float, float]:
     """Best final member of PBT over lr and momentum, and the best of its initial configurations
     each trained the whole length without exploitation (same seed, same data order)."""
-    run = ml.search(space="hparams", strategy="pbt", task=TASK, budget=population * intervals,
+    run = search(space="hparams", strategy="pbt", task=TASK, budget=population * intervals,
                     run=folder / f"pbt-s{seed}", seed=seed, steps=steps, progress=False,
                     strategy_options={"population_size": population, "intervals": intervals,
                                       "hyperparameters": "lr,momentum"})

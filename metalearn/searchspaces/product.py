@@ -25,8 +25,9 @@ SEPARATOR = " | "
 class ProductSpace(SearchSpace[tuple[Any, ...]]):
     """The Cartesian product of spaces filling disjoint recipe slots."""
 
-    def __new__(cls, parts: Sequence[SearchSpace]) -> ProductSpace:
+    def __new__(cls, parts: Sequence[SearchSpace] = ()) -> ProductSpace:
         # a product of discrete spaces is discrete: hand out the subclass that says so
+        # (``parts`` defaults to () because copy and pickle call ``__new__`` without arguments)
         if cls is ProductSpace and len(parts) >= 2 and all(isinstance(p, DiscreteSpace)
                                                             for p in parts):
             cls = DiscreteProductSpace
