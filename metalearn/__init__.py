@@ -86,15 +86,16 @@ def __dir__() -> list[str]:
 
 
 #: public functions that share their name with the module that defines them
-_FUNCTIONS_OVER_MODULES = frozenset({"compare", "retrain"})
+_FUNCTIONS_OVER_MODULES = frozenset({"search", "compare", "retrain"})
 
 
 class _Package(types.ModuleType):
-    """Keeps ``metalearn.compare``/``metalearn.retrain`` the functions of the public API.
+    """Keeps ``metalearn.search``/``compare``/``retrain`` the functions of the public API.
 
     Importing a submodule makes the import system bind it on its package
-    (``metalearn.compare = <module>``), which would hide the function of the same
-    name for whoever imported ``metalearn.compare.X`` first.
+    (``metalearn.search = <module>``), which would hide the function of the same
+    name once anything imported ``metalearn.search.X`` first. The modules stay
+    reachable as ``sys.modules["metalearn.search"]`` (``importlib.import_module``).
     """
 
     def __setattr__(self, name: str, value: Any) -> None:

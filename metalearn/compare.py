@@ -133,15 +133,10 @@ def compare(
         retrain_steps: training steps of a retraining job (the task's length by default).
         strategy_options: per space, options of its strategy (replacing the defaults).
     """
-    import metalearn
-
     from .evaluator import Job, baseline_candidate
     from .registry import get_space, get_strategy, get_task, list_spaces
     from .retrain import retrain_jobs, run_jobs, summarize, top_candidates
-
-    # through the package, so that ``metalearn.search`` stays the public function for the
-    # caller (importing the submodule first would rebind that name to the module)
-    search = getattr(metalearn.search, "search", metalearn.search)
+    from .search import search
 
     for name, value in (("budget", budget), ("seeds", seeds), ("top", top)):
         if not isinstance(value, int) or value < 1:

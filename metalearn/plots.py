@@ -76,7 +76,7 @@ def best_so_far_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]
         ax.step(x, y, where="post", label=label, color=color, linewidth=2)
     if baseline is not None and math.isfinite(baseline):
         ax.axhline(baseline, color=BASELINE_COLOR, linestyle="--", linewidth=1,
-                   label="baseline (default recipe)")
+                   label="default recipe, same steps")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("best validation accuracy so far")
     ax.set_title(title)

@@ -245,3 +245,17 @@ def test_compare_rejects_a_strategy_that_cannot_search_a_space_before_training(
         ml.compare(budget=2, out=tmp_path / "x", spaces=["loss", "optimizer"], strategy="cmaes",
                    progress=False)
     assert not (tmp_path / "x" / "runs" / "loss").exists(), "nothing ran before the check"
+
+
+def test_public_functions_stay_functions_after_their_modules_are_imported() -> None:
+    import subprocess
+    import sys
+
+    code = ("import metalearn.search, metalearn.compare, metalearn.retrain\n"
+            "from metalearn.search import search as direct\n"
+            "import metalearn as ml\n"
+            "assert ml.search is direct, ml.search\n"
+            "assert ml.compare.__module__ == 'metalearn.compare' and callable(ml.compare)\n"
+            "assert ml.retrain.__module__ == 'metalearn.retrain' and callable(ml.retrain)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
