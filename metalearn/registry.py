@@ -26,6 +26,12 @@ STRATEGIES: dict[str, str | type[Strategy]] = {
     "cmaes": "metalearn.strategies.nevergrad:CMAES",
     "pbt": "metalearn.strategies.pbt:PopulationBasedTraining",
     "epbt": "metalearn.strategies.epbt:EvolutionaryPBT",
+    "ng": "metalearn.strategies.nevergrad:NevergradStrategy",
+    "backprop-evolution": "metalearn.strategies.backprop_evolution:BackpropEvolution",
+    "controller": "metalearn.strategies.controller:Controller",
+    "tpe": "metalearn.strategies.optuna:TPE",
+    "optuna": "metalearn.strategies.optuna:OptunaStrategy",
+    "halving": "metalearn.strategies.halving:SuccessiveHalving",
 }
 
 _SPACE_CACHE: dict[str, SearchSpace] = {}

@@ -4,6 +4,10 @@
 defaults (Gonzalez & Miikkulainen 2021): mean at the space's start point (zeros
 for TaylorGLO), sigma from the space (1.2 for TaylorGLO), population 20. Any other
 nevergrad optimiser is reached as ``ng:NAME`` (``ng:NGOpt``, ``ng:DE``, ...).
+NGOpt and its relatives choose their algorithm from a budget: it is the
+``--option budget=N`` given (100 when none is), never the search's ``--budget``, so a
+run resumed with a larger ``--budget`` replays the same choices. ``init`` points are
+told to optimisers that accept points they did not ask for.
 Nevergrad minimises, so it is told ``1 - fitness``; a failed candidate counts as
 accuracy 0, as in TaylorGLO.
 """
@@ -15,11 +19,38 @@ from typing import Any
 
 import nevergrad as ng
 import numpy as np
+from nevergrad.common.errors import TellNotAskedNotSupportedError
+from nevergrad.optimization import optimizerlib as _optimizerlib
+from nevergrad.optimization.optimizerlib import NGOptBase
 
 from ..errors import UserError
 from ..evaluator import Evaluation, Job
 from ..searchspaces.base import SearchSpace, is_continuous
 from .base import Strategy
+
+#: the budget NGOpt-like optimisers plan for when no ``--option budget=N`` is given
+DEFAULT_NGOPT_BUDGET = 100
+
+
+def _metamodel_failure_on_numpy_scalars(learn: Any) -> Any:
+    """nevergrad 1.0.12's MetaModel calls ``float()`` on a 1-element array, an error since
+    NumPy 2.4 (nevergrad issue #1612); NGOpt picks MetaModel for small budgets. Report it
+    as the ``MetaModelFailure`` nevergrad already handles (it then asks its base optimiser)."""
+
+    def learn_on_k_best(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return learn(*args, **kwargs)
+        except TypeError as err:
+            if "0-dimensional" not in str(err):
+                raise
+            raise _optimizerlib.MetaModelFailure(str(err)) from None
+
+    learn_on_k_best.patched = True  # type: ignore[attr-defined]
+    return learn_on_k_best
+
+
+if not getattr(_optimizerlib.learn_on_k_best, "patched", False):
+    _optimizerlib.learn_on_k_best = _metamodel_failure_on_numpy_scalars(_optimizerlib.learn_on_k_best)
 
 
 class NevergradStrategy(Strategy):
@@ -42,8 +73,10 @@ class NevergradStrategy(Strategy):
     def _make(self, inner: str, budget: int | None, **options: Any) -> Any:
         if inner not in ng.optimizers.registry:
             raise UserError(f"unknown nevergrad optimizer {inner!r}; e.g. NGOpt, CMA, DE, TwoPointsDE, PSO")
-        return ng.optimizers.registry[inner](parametrization=self.parametrization, budget=budget,
-                                             **options)
+        cls = ng.optimizers.registry[inner]
+        if budget is None and isinstance(cls, type) and issubclass(cls, NGOptBase):
+            budget = DEFAULT_NGOPT_BUDGET  # NGOpt picks its algorithm from the budget; it needs one
+        return cls(parametrization=self.parametrization, budget=budget, **options)
 
     def _ask(self) -> Job:
         proposal = self.optimizer.ask()
@@ -58,6 +91,17 @@ class NevergradStrategy(Strategy):
         proposal = self._pending.pop(evaluation.job.proposal, None)
         if proposal is not None:  # init points and replays of foreign proposals are not nevergrad's
             self.optimizer.tell(proposal, 1.0 - evaluation.score(failed=0.0))
+        elif evaluation.job.proposal < len(self.init_points):
+            self._tell_init_point(evaluation)
+
+    def _tell_init_point(self, evaluation: Evaluation) -> None:
+        """Teach the optimiser an ``init`` point, where it accepts points it did not ask for."""
+        genome = self.space.parse(evaluation.job.candidate.text)
+        point = self.parametrization.spawn_child(new_value=self.space.to_vector(genome))  # type: ignore[attr-defined]
+        try:
+            self.optimizer.tell(point, 1.0 - evaluation.score(failed=0.0))
+        except (TellNotAskedNotSupportedError, AssertionError, ValueError):
+            pass
 
 
 class CMAES(NevergradStrategy):
