@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import metalearn.search
 from metalearn.cli import main
 
 
@@ -22,7 +22,8 @@ def test_address_and_workers_reach_the_executor(monkeypatch: pytest.MonkeyPatch)
         seen.update(kwargs)
         raise _Called
 
-    monkeypatch.setattr(metalearn.search, "search", search)
+    # the module, whatever the package attribute of that name is (the public function)
+    monkeypatch.setattr(importlib.import_module("metalearn.search"), "search", search)
     with pytest.raises(_Called):
         main(["search", "--space", "hparams", "--strategy", "random", "--budget", "3",
               "--executor", "ray", "--address", "head:6379", "--workers", "4",

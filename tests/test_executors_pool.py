@@ -16,11 +16,11 @@ from test_executors_support import (
     starts,
 )
 
-import metalearn as ml
 from metalearn.errors import UserError
 from metalearn.evaluator import Evaluator, Status
 from metalearn.executors import make_executor
 from metalearn.pool_executor import PoolExecutor, worker_devices
+from metalearn.search import search
 from metalearn.tasks import TASKS
 
 
@@ -30,11 +30,11 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_pool_search_gives_the_inline_candidates_and_fitnesses(tmp_path: Path) -> None:
-    common = dict(space="hparams", strategy="random", task="mnist1d-mlp", budget=4, steps=60,
+    common = dict(space="hparams", strategy="random", task="mnist1d-mlp", budget=4, steps=30,
                   seed=3, device="cpu", progress=False)
     with one_torch_thread():
-        ml.search(run=tmp_path / "inline", **common)  # type: ignore[arg-type]
-    ml.search(run=tmp_path / "pool", executor="pool", executor_options={"workers": 2},
+        search(run=tmp_path / "inline", **common)  # type: ignore[arg-type]
+    search(run=tmp_path / "pool", executor="pool", executor_options={"workers": 2},
               **common)  # type: ignore[arg-type]
     inline = {r[0]: r[1:4] for r in assert_complete(tmp_path / "inline", 4)}
     pool = {r[0]: r[1:4] for r in assert_complete(tmp_path / "pool", 4)}
@@ -46,7 +46,7 @@ def test_pool_worker_killed_mid_job_costs_only_that_job_which_is_run_again(
         tmp_path: Path, scripted: None) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    ml.search(space="hparams", strategy="random", task="scripted", budget=4, run=tmp_path / "R",
+    search(space="hparams", strategy="random", task="scripted", budget=4, run=tmp_path / "R",
               executor="pool", executor_options={"workers": 2}, device="cpu", progress=False,
               task_options={"die": "once", "step_s": 0.05, "marks": str(marks)})
     rows = assert_complete(tmp_path / "R", 4)
@@ -56,11 +56,12 @@ def test_pool_worker_killed_mid_job_costs_only_that_job_which_is_run_again(
     assert attempts == [1, 1, 1, 2], "exactly one job ran twice, in two different processes"
 
 
+@pytest.mark.slow
 def test_pool_job_whose_worker_dies_twice_is_recorded_as_error(tmp_path: Path,
                                                                 scripted: None) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    ml.search(space="hparams", strategy="random", task="scripted", budget=1, run=tmp_path / "R",
+    search(space="hparams", strategy="random", task="scripted", budget=1, run=tmp_path / "R",
               executor="pool", executor_options={"workers": 2}, device="cpu", progress=False,
               task_options={"die": "always", "marks": str(marks)})
     [(_, _, status, fitness, error)] = ledger(tmp_path / "R")

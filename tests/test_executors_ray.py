@@ -23,7 +23,7 @@ from test_executors_support import (
     starts,
 )
 
-import metalearn as ml
+from metalearn.search import search
 from metalearn.tasks import TASKS
 
 ray = pytest.importorskip("ray")
@@ -52,11 +52,11 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_ray_search_gives_the_inline_candidates_and_fitnesses(tmp_path: Path, cluster: None) -> None:
-    common = dict(space="hparams", strategy="random", task="mnist1d-mlp", budget=4, steps=60,
+    common = dict(space="hparams", strategy="random", task="mnist1d-mlp", budget=4, steps=30,
                   seed=3, device="cpu", progress=False)
     with one_torch_thread():
-        ml.search(run=tmp_path / "inline", **common)  # type: ignore[arg-type]
-    ml.search(run=tmp_path / "ray", executor="ray", **common)  # type: ignore[arg-type]
+        search(run=tmp_path / "inline", **common)  # type: ignore[arg-type]
+    search(run=tmp_path / "ray", executor="ray", **common)  # type: ignore[arg-type]
     inline = {r[0]: r[1:4] for r in assert_complete(tmp_path / "inline", 4)}
     on_ray = {r[0]: r[1:4] for r in assert_complete(tmp_path / "ray", 4)}
     assert on_ray == inline  # proposal -> (candidate, status, fitness), to the last bit
@@ -68,7 +68,7 @@ def test_ray_worker_killed_mid_job_costs_only_that_job_which_is_run_again(
         tmp_path: Path, cluster: None, scripted: None) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    ml.search(space="hparams", strategy="random", task="scripted", budget=4, run=tmp_path / "R",
+    search(space="hparams", strategy="random", task="scripted", budget=4, run=tmp_path / "R",
               executor="ray", device="cpu", progress=False,
               task_options={"die": "once", "step_s": 0.05, "marks": str(marks)})
     rows = assert_complete(tmp_path / "R", 4)
@@ -83,7 +83,7 @@ def test_ray_job_whose_worker_dies_twice_is_recorded_as_error(tmp_path: Path, cl
                                                               scripted: None) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    ml.search(space="hparams", strategy="random", task="scripted", budget=1, run=tmp_path / "R",
+    search(space="hparams", strategy="random", task="scripted", budget=1, run=tmp_path / "R",
               executor="ray", device="cpu", progress=False,
               task_options={"die": "always", "marks": str(marks)})
     [(_, _, status, fitness, error)] = ledger(tmp_path / "R")
@@ -97,7 +97,7 @@ def test_ray_job_whose_worker_dies_twice_is_recorded_as_error(tmp_path: Path, cl
 def test_ray_cancels_a_job_stuck_inside_one_step_as_timeout(tmp_path: Path, cluster: None,
                                                             scripted: None) -> None:
     start = time.monotonic()
-    ml.search(space="hparams", strategy="random", task="scripted", budget=2, run=tmp_path / "R",
+    search(space="hparams", strategy="random", task="scripted", budget=2, run=tmp_path / "R",
               executor="ray", executor_options={"grace": 0.5}, job_timeout=1.0, device="cpu",
               progress=False, task_options={"stuck_s": 120.0})
     elapsed = time.monotonic() - start

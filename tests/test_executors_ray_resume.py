@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, run_cli
 from test_executors_support import assert_complete, one_torch_thread
 
-import metalearn as ml
+from metalearn.search import search
 
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
@@ -70,7 +70,7 @@ def test_driver_killed_mid_search_resumes_on_ray_with_exactly_the_budget(tmp_pat
     assert proposals == list(range(BUDGET)), "the resumed run proposes no job twice"
 
     with one_torch_thread():  # and the results are those of a run that was never interrupted
-        ml.search(space="hparams", strategy="random", task="mnist1d-mlp", steps=300,
+        search(space="hparams", strategy="random", task="mnist1d-mlp", steps=300,
                   budget=BUDGET, seed=5, run=tmp_path / "inline", device="cpu", progress=False)
     inline = {r[0]: r[1:4] for r in assert_complete(tmp_path / "inline", BUDGET)}
     assert {r[0]: r[1:4] for r in rows} == inline
