@@ -259,3 +259,20 @@ def test_public_functions_stay_functions_after_their_modules_are_imported() -> N
             "assert ml.retrain.__module__ == 'metalearn.retrain' and callable(ml.retrain)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_retrain_transfers_a_runs_best_to_another_task(tiny_compare: tuple[Path, object]) -> None:
+    out, _ = tiny_compare
+    run = out / "runs" / "loss"
+    summary = ml.retrain(run, task="mnist1d-conv", top=1, seeds=2, steps=15, progress=False)
+    folder = run / "retrain-mnist1d-conv"
+    found = ledger(folder, "SELECT task, space, key, seed, steps FROM evaluations ORDER BY id")
+    best = ml.load_run(run).best(k=1).iloc[0]
+    assert [(t, s, k, seed, n) for t, s, k, seed, n in found] == [
+        ("mnist1d-conv", "loss", best["key"], 0, 15), ("mnist1d-conv", "loss", best["key"], 1, 15),
+        ("mnist1d-conv", BASELINE, baseline_candidate().key, 0, 15),
+        ("mnist1d-conv", BASELINE, baseline_candidate().key, 1, 15)]
+    tests = retrain_tests(folder)
+    for row in summary.itertuples():
+        assert row.test_mean == pytest.approx(statistics.mean(tests[(row.space, row.key)].values()))
+    assert (folder / "summary.csv").exists() and (folder / "retrain.csv").exists()
