@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_executors_support import (
@@ -108,3 +110,39 @@ def test_pool_pins_one_worker_per_gpu() -> None:
     count = torch.cuda.device_count()
     assert worker_devices("cuda") == [f"cuda:{i}" for i in range(count)]
     assert worker_devices("cuda", 2 * count)[count:] == [f"cuda:{i}" for i in range(count)]
+
+
+class _DriverCrash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_asynchronous_evolution_on_the_pool_resumes_after_a_driver_crash(
+        tmp_path: Path, scripted: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from metalearn.ledger import Ledger
+
+    record, recorded = Ledger.record, []
+
+    def crash_after_five(self: Ledger, evaluations: list[Any]) -> None:
+        if len(recorded) == 5:
+            raise _DriverCrash  # the driver dies with jobs in flight
+        recorded.extend(evaluations)
+        record(self, evaluations)
+
+    options: dict[str, Any] = dict(
+        space="hparams", strategy="evolution", task="scripted", budget=12, run=tmp_path / "R",
+        executor="pool", executor_options={"workers": 2}, device="cpu", progress=False,
+        strategy_options={"population_size": 4, "tournament_size": 2},
+        task_options={"step_s": 0.05})
+    monkeypatch.setattr(Ledger, "record", crash_after_five)
+    with pytest.raises(_DriverCrash):
+        search(**options)
+    monkeypatch.setattr(Ledger, "record", record)
+    assert len(ledger(tmp_path / "R")) == 5
+    db = sqlite3.connect(tmp_path / "R" / "ledger.db")
+    asked = db.execute("SELECT COUNT(*) FROM proposals").fetchone()[0]
+    db.close()
+    assert asked >= 6, "jobs were in flight when the driver died; the resume must run them"
+    search(**options)  # replays the asks and tells in their recorded order, then goes on
+    rows = assert_complete(tmp_path / "R", 12)
+    assert all(fitness == expected_fitness(text) for _, text, _, fitness, _ in rows)
