@@ -47,6 +47,10 @@ SEARCH_FRACTION = 0.25
 DEFAULT_STRATEGIES = {"loss": "cmaes", "hparams": "cmaes", "optimizer": "evolution",
                       "backprop": "evolution"}
 
+#: how the verdict names what a space searches
+SEARCHED = {"loss": "the loss function", "optimizer": "the optimizer", "backprop": "the backprop rule",
+            "hparams": "the hyperparameters"}
+
 COMPARISON_COLUMNS = ("space", "strategy", "evaluations", "failed", "search_best_val",
                       "search_wall_s", "name", "candidate", "key", "seeds", "ok", "val_mean", "test_mean",
                       "test_std", "test_min", "test_max", "delta_vs_baseline", "p_vs_baseline")
@@ -406,7 +410,8 @@ def _verdict(comparison: Comparison, base: Any) -> doc.Verdict:
             f" (p = {p:.3f}, Welch's t-test over seeds" + (": a clear difference)" if p < 0.05
                                                             else ": within seed noise)"))
     return doc.Verdict(
-        f"Searching the {winner} pays off most: {_pct(row['test_mean'])}% test accuracy",
+        f"Searching {SEARCHED.get(winner, f'space {winner}')} pays off most: "
+        f"{_pct(row['test_mean'])}% test accuracy",
         [f"against {base_text} for the default recipe, {_pct(row['delta_vs_baseline'], True)} "
          f"points{sure}.",
          f"Found by `{row['strategy']}` in {row['evaluations']} evaluations: `{row['candidate']}`"])

@@ -181,6 +181,7 @@ main{max-width:980px;margin:0 auto;padding:24px 28px 60px;background:#fff;min-he
 h1{font-size:1.7em;margin:0.2em 0 0.6em}h2{margin-top:1.6em;border-bottom:1px solid #e3e5e8;padding-bottom:4px}
 .verdict{background:linear-gradient(135deg,#e8f1fb,#f3f8ee);border-left:6px solid #1f77b4;border-radius:8px;padding:12px 20px;margin:8px 0 18px}
 .verdict h2{border:0;margin:6px 0 4px;font-size:1.45em}.verdict p{margin:4px 0;font-size:1.05em}
+code{font-size:0.9em;background:#f3f4f6;border-radius:3px;padding:0 3px;overflow-wrap:anywhere}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
 .card{flex:1 1 150px;border:1px solid #e3e5e8;border-radius:8px;padding:10px 14px;background:#fafbfc}
 .card .label{font-size:0.85em;color:#666;text-transform:uppercase;letter-spacing:0.04em}
