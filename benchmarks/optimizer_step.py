@@ -52,23 +52,24 @@ def make_params(shapes: list[tuple[int, ...]], device: torch.device) -> list[tor
     return params
 
 
-def time_steps(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-               shapes: list[tuple[int, ...]], device: torch.device, steps: int) -> float:
-    """Median seconds per ``optimizer.step()``."""
-    params = make_params(shapes, device)
-    optimizer = make(params)
-    for _ in range(5):
-        optimizer.step()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_steps(makers: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]],
+               shapes: list[tuple[int, ...]], device: torch.device,
+               steps: int) -> dict[str, float]:
+    """Median seconds per ``optimizer.step()`` of each optimizer, their steps
+    interleaved so that a busy machine slows them alike."""
+    optimizers = {name: make(make_params(shapes, device)) for name, make in makers.items()}
+    times: dict[str, list[float]] = {name: [] for name in makers}
+    for i in range(steps + 3):
+        for name, optimizer in optimizers.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:  # warm-up: state creation, allocator
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -89,9 +90,10 @@ def main() -> None:
           f"rule {space.format(space.resolve(args.rule))}")
     for label, shapes in (("WRN-16-2", wrn_shapes()), ("25M MLP", mlp_shapes())):
         numel = sum(torch.Size(s).numel() for s in shapes)
-        ours = time_steps(lambda p: factory(p, lr=1e-3), shapes, device, args.steps)
-        ref = time_steps(lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True), shapes, device,
-                         args.steps)
+        timed = time_steps({"dsl": lambda p: factory(p, lr=1e-3),
+                            "adam": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)},
+                           shapes, device, args.steps)
+        ours, ref = timed["dsl"], timed["adam"]
         print(f"{label:9s} {numel / 1e6:6.2f}M params in {len(shapes):3d} tensors: "
               f"dsl {ours * 1e3:8.3f} ms  torch.optim.Adam(foreach) {ref * 1e3:8.3f} ms  "
               f"ratio {ours / ref:5.2f}x")

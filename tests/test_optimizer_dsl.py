@@ -490,3 +490,24 @@ def test_search_strategies_use_the_space(tmp_path: Path) -> None:
         for text in frame["candidate"]:
             SPACE.grammar.check(SPACE.resolve(text))
     assert Leaf("adam") == SPACE.named()["adam"]
+
+
+@pytest.mark.gpu
+def test_rules_on_cuda_follow_torch_and_are_reproducible() -> None:
+    device = torch.device("cuda")
+    model, x, y = network(torch.float32).to(device), *(t.to(device) for t in batch(torch.float32))
+
+    def run(make: Callable[..., torch.optim.Optimizer], **options: Any) -> torch.Tensor:
+        net = copy.deepcopy(model)
+        optimizer = make(net.parameters(), **options)
+        for _ in range(50):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
+        return flat(net)
+
+    assert (run(build("adam"), lr=1e-2) - run(torch.optim.Adam, lr=1e-2)).abs().max() <= 1e-6
+    noisy = SPACE.build(SPACE.parse("add(mul(noise, 2), drop30(adam))"))
+    first = run(noisy, lr=1e-2, generator=torch.Generator(device).manual_seed(1))
+    again = run(noisy, lr=1e-2, generator=torch.Generator(device).manual_seed(1))
+    assert torch.equal(first, again)
