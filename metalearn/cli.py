@@ -86,6 +86,11 @@ def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
                if v is not None}
     if options and args.executor == "inline":
         raise UserError("--address and --workers need --executor pool (this machine) or ray")
+    population = getattr(args, "population", None)
+    if population is not None:
+        if args.executor != "batched":
+            raise UserError("--population needs --executor batched")
+        options["population"] = population
     return options
 
 
@@ -164,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "without it a local cluster is started)")
     s.add_argument("--workers", type=_positive_int,
                    help="worker processes (pool) or most jobs in flight (ray)")
+    s.add_argument("--population", type=_positive_int,
+                   help="jobs trained at once as one vectorised model (--executor batched; default 32)")
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     s.add_argument("--init", help="comma-separated named points to evaluate first")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
