@@ -122,7 +122,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     task_options: dict[str, Any] = {}
     if args.data_dir:
         task_options["data_dir"] = args.data_dir
-    spaces = [s for s in args.spaces.split(",") if s] if args.spaces else None
+    spaces = [s.strip() for s in args.spaces.split(",") if s.strip()] if args.spaces else None
     result = compare(
         task=args.task, budget=args.budget, out=args.out, spaces=spaces, strategy=args.strategy,
         seed=args.seed, seeds=args.seeds, top=args.top, steps=args.steps,

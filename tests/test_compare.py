@@ -276,3 +276,13 @@ def test_retrain_transfers_a_runs_best_to_another_task(tiny_compare: tuple[Path,
     for row in summary.itertuples():
         assert row.test_mean == pytest.approx(statistics.mean(tests[(row.space, row.key)].values()))
     assert (folder / "summary.csv").exists() and (folder / "retrain.csv").exists()
+
+
+def test_report_tables_keep_product_candidates_in_one_cell() -> None:
+    from metalearn import document as doc
+
+    table = doc.Table(["space", "candidate"], [["hparams+loss", "lr=1 | t0=2"]], code_columns=(1,))
+    markdown = doc.Document("t", [table]).to_markdown()
+    assert "| hparams+loss | `lr=1 \\| t0=2` |" in markdown
+    page = doc.Document("t", [table]).to_html(".")
+    assert "<td><code>lr=1 | t0=2</code></td>" in page
