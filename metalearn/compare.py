@@ -229,7 +229,7 @@ def _comparison_table(plan: Mapping[str, tuple[str, dict[str, Any]]], runs: Mapp
                                          "test_mean", "test_std", "test_min", "test_max")}
     rows.append({"space": BASELINE, "strategy": "-", "evaluations": 0, "failed": 0,
                  **baseline_row, "candidate": "the task's default recipe",
-                 "delta_vs_baseline": 0.0})
+                 "delta_vs_baseline": 0.0 if math.isfinite(base["test_mean"]) else math.nan})
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
@@ -304,6 +304,11 @@ def _pct(value: Any, signed: bool = False) -> str:
     return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
 
 
+def _percent(value: Any) -> str:
+    text = _pct(value)
+    return text if text == "-" else f"{text}%"
+
+
 def _report(comparison: Comparison, runs: Mapping[str, Run],
             plan: Mapping[str, tuple[str, dict[str, Any]]], skipped: Sequence[str],
             settings: Mapping[str, Any], reference_val: float | None) -> doc.Document:
@@ -314,12 +319,12 @@ def _report(comparison: Comparison, runs: Mapping[str, Run],
     cards = []
     for row in table.itertuples():
         if row.space == BASELINE:
-            cards.append(doc.Card("baseline", f"{_pct(row.test_mean)}%",
+            cards.append(doc.Card("baseline", _percent(row.test_mean),
                                   f"± {_pct(row.test_std)} · default recipe"))
             continue
         delta = row.delta_vs_baseline
         tone = "" if delta is None or math.isnan(delta) else ("good" if delta > 0 else "bad")
-        cards.append(doc.Card(f"{row.space} ({row.strategy})", f"{_pct(row.test_mean)}%",
+        cards.append(doc.Card(f"{row.space} ({row.strategy})", _percent(row.test_mean),
                               f"± {_pct(row.test_std)} · {_pct(delta, signed=True)} points", tone))
     report.add(doc.Cards(cards))
     report.add(doc.Figure("plots/test_accuracy.png",
