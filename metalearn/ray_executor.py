@@ -206,7 +206,11 @@ class RayExecutor(Executor):
         suspects = {self._refs[ref].ticket: ref for ref in self._suspects()}
         if not suspects:
             return
-        elapsed: dict[int, float] = ray.get(self._starts.elapsed.remote(list(suspects)))
+        try:
+            elapsed: dict[int, float] = ray.get(self._starts.elapsed.remote(list(suspects)))
+        except ray.exceptions.RayError:  # the start log is lost (its node died): count from submission
+            now = time.monotonic()
+            elapsed = {t: now - self._refs[ref].submitted for t, ref in suspects.items()}
         for ticket, seconds in elapsed.items():
             ref = suspects[ticket]
             if seconds <= self.limit + self.grace or ray.wait([ref], timeout=0)[0]:
