@@ -76,10 +76,22 @@ class BatchedExecutor(Executor):
         return self.evaluate(group)
 
     def evaluate(self, jobs: Sequence[Job]) -> list[Evaluation]:
-        """Evaluations of ``jobs`` (one task, one length), in their order."""
+        """Evaluations of ``jobs``, in their order: jobs of one task and length train as
+        populations of up to ``population`` members."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(_group_key(job), []).append(index)
+        results: dict[int, Evaluation] = {}
+        for indices in groups.values():
+            for start in range(0, len(indices), self.capacity):
+                chunk = indices[start:start + self.capacity]
+                results.update(self._population([(i, jobs[i]) for i in chunk]))
+        return [results[i] for i in range(len(jobs))]
+
+    def _population(self, jobs: list[tuple[int, Job]]) -> dict[int, Evaluation]:
         results: dict[int, Evaluation] = {}
         batch: list[tuple[int, Job, Member]] = []
-        for index, job in enumerate(jobs):
+        for index, job in jobs:
             member, reason = self._member(job)
             if member is None:
                 if reason:
@@ -92,7 +104,7 @@ class BatchedExecutor(Executor):
             results[index] = self.evaluator.evaluate(job)
         elif batch:
             results.update(self._train(batch))
-        return [results[i] for i in range(len(jobs))]
+        return results
 
     # -- one population --------------------------------------------------------------------
 

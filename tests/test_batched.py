@@ -150,6 +150,23 @@ def test_diverging_member_is_recorded_and_the_others_go_on():
     assert trainer.evaluate()[1] is None
 
 
+def test_executor_records_a_diverged_member_as_the_evaluator_does():
+    space = get_space("hparams")
+    points = [(-1.3, 0.9, -7.0), (2.0, 0.9, -7.0), (-2.0, 0.5, -5.0)]  # lr 10**2 diverges
+    jobs = [Job(space.candidate(p), steps=20, seed=3, task=TASK) for p in points]
+    evaluator = Evaluator(device="cpu")
+    batched = BatchedExecutor(evaluator, population=3).evaluate(jobs)
+    inline = [evaluator.evaluate(job) for job in jobs]
+    assert [e.status for e in batched] == [Status.OK, Status.DIVERGED, Status.OK]
+    assert [e.status for e in inline] == [e.status for e in batched]
+    assert batched[1].error == inline[1].error and batched[1].fitness is None
+    # the curve ends where inline's does, at the last flush before the divergence
+    assert [s for s, _ in batched[1].curve] == [s for s, _ in inline[1].curve]
+    np.testing.assert_allclose([v for _, v in batched[1].curve], [v for _, v in inline[1].curve],
+                               rtol=1e-5)
+    assert batched[0].fitness == pytest.approx(inline[0].fitness, abs=1.5e-3)
+
+
 def test_batchnorm_members_keep_their_own_statistics(monkeypatch):
     def conv_bn(in_shape, num_classes, **_):
         return nn.Sequential(nn.Unflatten(1, (1, in_shape[0])), nn.Conv1d(1, 4, 5, padding=2),
@@ -240,11 +257,15 @@ def test_shared_update_probe_accepts_elementwise_rules_only():
     assert not shares_update(normalised, device)
 
 
-def test_batched_checkpoint_continues_like_a_sequential_one(tmp_path):
+@pytest.mark.parametrize("space_name, point", [("loss", "cross_entropy_taylor"),
+                                               ("optimizer", "adam")])
+def test_batched_checkpoint_continues_like_a_sequential_one(tmp_path, space_name, point):
+    """Saved from a population (Adam: from one optimizer shared by both members), loaded by
+    the sequential Trainer and by a population alike."""
     evaluator = Evaluator(device="cpu", checkpoint_dir=tmp_path)
     executor = BatchedExecutor(evaluator, population=4)
-    space = get_space("loss")
-    ce = space.candidate(space.named()["cross_entropy_taylor"])
+    space = optimizer_space_or_skip() if space_name == "optimizer" else get_space(space_name)
+    ce = space.candidate(space.named()[point])
     first = [Job(ce, steps=20, seed=s, task=TASK, total_steps=40, checkpoint=True)
              for s in (0, 1)]
     for job in first:
@@ -299,6 +320,17 @@ def test_batched_search_records_the_same_ledger_as_inline(tmp_path):
     assert b["device"].str.contains("batch of 2").sum() == 2
     ok = i["status"] == "ok"
     np.testing.assert_allclose(b.loc[ok, "fitness"], i.loc[ok, "fitness"], atol=1.5e-3)
+
+
+def test_cli_population_flag_reaches_the_batched_executor():
+    from metalearn.cli import _executor_options, build_parser, main
+
+    args = build_parser().parse_args(["search", "--space", "loss", "--strategy", "random",
+                                      "--budget", "2", "--executor", "batched",
+                                      "--population", "5"])
+    assert _executor_options(args) == {"population": 5}
+    assert main(["search", "--space", "loss", "--strategy", "random", "--budget", "2",
+                 "--population", "5"]) == 2  # --population without --executor batched
 
 
 @pytest.mark.gpu

@@ -171,6 +171,7 @@ class BatchedTrainer:
         self.rule_generators = [make_generator(m.seed, "rule", self.device) for m in self.members]
 
         self.steps = [0] * self.size
+        self._clock = 0  # steps trained by this population (members may have started later)
         self.curves: list[list[tuple[int, float]]] = [[] for _ in range(self.size)]
         self._failures: dict[int, MemberFailure] = {}
         self._snapshot: Tensors | None = None  # parameters of frozen members, kept as they were
@@ -249,7 +250,8 @@ class BatchedTrainer:
             if not any(self._alive_list):
                 break
             window.append(self._step())
-            if self.steps[0] % self._check_every == 0 or len(window) >= self._curve_every:
+            self._clock += 1
+            if self._clock % self._check_every == 0 or len(window) >= self._curve_every:
                 flush = len(window) >= self._curve_every
                 self._check(window, flush)
                 if flush:
@@ -286,7 +288,7 @@ class BatchedTrainer:
                 for k, v in self.params.items():
                     alive = self._alive.view(-1, *([1] * (v.dim() - 1)))
                     v.copy_(torch.where(alive, v, self._snapshot[k]))
-        for pos in range(self.size):
+        for pos in self._live():
             self.steps[pos] += 1
         return losses.detach()
 
