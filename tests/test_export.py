@@ -141,7 +141,8 @@ def test_product_export_refuses_parts_that_would_disagree() -> None:
 
 def test_every_space_exports_a_file_that_imports_with_torch_alone(tmp_path: Path) -> None:
     paths = []
-    for name in ml.list_spaces():
+    # the project's spaces (other tests may register spaces of their own in this process)
+    for name in [n for n in ("backprop", "optimizer", "loss", "hparams") if n in ml.list_spaces()]:
         space = ml.get_space(name)
         genome = space.sample(np.random.default_rng(1))
         path = tmp_path / f"{name}.py"
