@@ -56,6 +56,11 @@ DROP_RATE = 0.1
 # --- the functions of the DSL -------------------------------------------------------
 
 
+def _like(t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    # under autocast the output gradient is in the low precision the forward ran in
+    return t if t.dtype == d.dtype else t.to(d.dtype)
+
+
 def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.square().mean().sqrt()
 
@@ -153,7 +158,7 @@ class _Context:
             raise RuntimeError(
                 "the rule uses direct feedback: call rule.observe_output(logits) on every "
                 "step's logits before backward(), as metalearn's training loop does")
-        return value.to(self.d.dtype)
+        return _like(value, self.d)
 
     def random(self) -> torch.Tensor:
         # one R per layer and backward pass, however often the program reads it
@@ -175,9 +180,9 @@ class _Context:
         if isinstance(self.layer, nn.Conv2d):
             layer = self.layer
             return torch.ops.aten.convolution_backward(
-                signal, self.h, matrix.to(signal.dtype), None, layer.stride, self.padding,
-                layer.dilation, False, [0, 0], layer.groups, [True, False, False])[0]
-        return signal @ matrix.to(signal.dtype)
+                signal, _like(self.h, signal), _like(matrix, signal), None, layer.stride,
+                self.padding, layer.dilation, False, [0, 0], layer.groups, [True, False, False])[0]
+        return signal @ _like(matrix, signal)
 
     def direct(self, error: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """``e @ D`` reshaped to this layer's input (direct feedback alignment, Nokland 2016)."""
@@ -248,7 +253,6 @@ class RuleState:
 
 class _RuleLinearFunction(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 layer: nn.Module) -> torch.Tensor:
         ctx.layer = layer
@@ -256,21 +260,21 @@ class _RuleLinearFunction(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, d: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
+        x, weight = _like(x, d), _like(weight, d)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
         if need_x:
             state: RuleState = ctx.layer._rule_state
             if state.is_backprop:
-                grad_x = d @ weight.to(d.dtype)
+                grad_x = d @ weight
             else:
                 grad_x = state.signal(_Context(ctx.layer, x, d, weight))
         if need_w or need_b:
             d2 = d.reshape(-1, d.shape[-1])
             if need_w:  # the weight update stays backprop's d^T h (Alber et al. 2018)
-                grad_w = d2.t() @ x.reshape(-1, x.shape[-1]).to(d2.dtype)
+                grad_w = d2.t() @ x.reshape(-1, x.shape[-1])
             if need_b:
                 grad_b = d2.sum(0)
         return grad_x, grad_w, grad_b, None
@@ -278,7 +282,6 @@ class _RuleLinearFunction(torch.autograd.Function):
 
 class _RuleConv2dFunction(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 layer: nn.Conv2d, padding: tuple[int, int]) -> torch.Tensor:
         ctx.layer, ctx.padding, ctx.has_bias = layer, padding, bias is not None
@@ -286,9 +289,9 @@ class _RuleConv2dFunction(torch.autograd.Function):
         return F.conv2d(x, weight, bias, layer.stride, padding, layer.dilation, layer.groups)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, d: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
+        x, weight = _like(x, d), _like(weight, d)
         layer: nn.Conv2d = ctx.layer
         state: RuleState = layer._rule_state  # type: ignore[assignment]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -366,19 +369,30 @@ def convertible_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def swap_class(layer: nn.Module, linear_cls: type[nn.Module], conv_cls: type[nn.Module]) -> None:
-    """Turn ``layer`` into ``linear_cls``/``conv_cls`` in place, dropping buffers of an earlier rule."""
+    """Turn ``layer`` into ``linear_cls``/``conv_cls`` in place, dropping an earlier rule's buffers."""
     for buffer in _OWN_BUFFERS:
         layer._buffers.pop(buffer, None)
+    if not getattr(layer, "_reconciles_feedback", False):
+        layer.register_load_state_dict_pre_hook(_reconcile_buffers)
+        layer.__dict__["_reconciles_feedback"] = True
     layer.__class__ = conv_cls if isinstance(layer, nn.Conv2d) else linear_cls
 
 
-def _load_lazy_buffer(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    # D is drawn at the first step (its shape needs the input size and the class count);
-    # a checkpoint may hold it before this model has run a step
-    incoming = state_dict.get(prefix + "feedback_D")
-    current = module._buffers.get("feedback_D")
-    if incoming is not None and current is not None and current.shape != incoming.shape:
-        module._buffers["feedback_D"] = torch.empty_like(incoming, device=current.device)
+def _reconcile_buffers(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                       *_: Any) -> None:
+    """Let a checkpoint made under another rule load (population-based training continues a
+    member with a mutated rule): the weights load, fixed matrices both rules use load, the
+    others keep this rule's draws. ``load_state_dict`` hands hooks its own copy to edit."""
+    for name in _OWN_BUFFERS:
+        key, current = prefix + name, module._buffers.get(name)
+        if current is None:
+            state_dict.pop(key, None)
+        elif key not in state_dict:
+            state_dict[key] = current
+        elif name == "feedback_D" and current.shape != state_dict[key].shape:
+            # D is drawn at the first step (it needs the input size and the class count);
+            # a checkpoint may hold it before this model has run a step
+            module._buffers[name] = torch.empty_like(state_dict[key], device=current.device)
 
 
 def default_generator(model: nn.Module) -> torch.Generator:
@@ -437,7 +451,6 @@ class BackpropRule:
             layer.register_buffer("feedback_S", ((coin.float() * 2 - 1) * std).to(weight))
         if "D" in self.uses:
             layer.register_buffer("feedback_D", torch.empty(0, device=weight.device))
-            layer.register_load_state_dict_pre_hook(_load_lazy_buffer)
 
     @property
     def needs_error(self) -> bool:
