@@ -122,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             agree = all(a.status == b.status and (a.fitness is None or b.fitness is None
                         or abs(a.fitness - b.fitness) < 0.01)
                         for a, b in zip(seq_results, bat_results))
-            note = "; ".join(notes) + ("" if agree else " FITNESS DIFFERS FROM SEQUENTIAL")
+            failed = sum(not r.ok for r in bat_results)
+            note = "; ".join([*notes, f"{failed}/{population} failed (diverged...)"] if failed
+                             else notes) + ("" if agree else " FITNESS DIFFERS FROM SEQUENTIAL")
             print(f"{task_name:<18} {population:>5} {seq:>15.1f} {bat:>12.1f} {bat / seq:>6.2f}x  "
                   f"{note}", flush=True)
     return 0

@@ -146,8 +146,27 @@ def test_diverging_member_is_recorded_and_the_others_go_on():
     assert failure is not None and failure.status == "diverged"
     assert str(failure.error) == "loss became nan by step 5"  # as the sequential loop says
     assert trainer.member_step(0) == STEPS and trainer.failures[0] is None
+    assert trainer.size == 2  # the diverged member left the stacked tensors: no more compute
     assert_twins(trainer, TASK, recipes, seeds)
     assert trainer.evaluate()[1] is None
+
+
+def test_members_keep_shared_optimizer_state_when_a_diverged_member_is_dropped():
+    space = optimizer_space_or_skip()
+    adam, sgd = space.named()["adam"], space.named()["sgd"]
+    recipes = [space.fill(TASK.default_recipe().replace(hparams={"lr": 0.01}), adam),
+               space.fill(TASK.default_recipe().replace(hparams={"lr": 100.0}), sgd),
+               space.fill(TASK.default_recipe().replace(hparams={"lr": 0.01}), adam)]
+    seeds = [3, 3, 4]
+    members = [Member(r, s, _rule_key(space, g, r))
+               for r, s, g in zip(recipes, seeds, (adam, sgd, adam))]
+    trainer = BatchedTrainer(TASK, members, total_steps=30)
+    assert sorted(u.stop - u.start for u in trainer.updates) == [1, 2]
+    trainer.train(30)
+    assert trainer.size == 2 and sorted(u.stop - u.start for u in trainer.updates) == [2]
+    failure = trainer.failures[1]
+    assert failure is not None and failure.status == "diverged"
+    assert_twins(trainer, TASK, recipes, seeds, steps=30)
 
 
 def test_executor_records_a_diverged_member_as_the_evaluator_does():

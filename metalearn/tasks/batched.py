@@ -88,6 +88,15 @@ class MemberFailure:
     step: int
 
 
+@dataclass(frozen=True)
+class _Retired:
+    """What is kept of a failed member once it leaves the stacked tensors."""
+
+    failure: MemberFailure
+    curve: list[tuple[int, float]]
+    state: Tensors
+
+
 def refusal(task: Task, recipe: Recipe) -> str | None:
     """Why a job with ``recipe`` on ``task`` cannot be batched, or ``None`` when it can."""
     if not isinstance(task, SupervisedTask):
@@ -156,7 +165,9 @@ class BatchedTrainer:
         # members sharing an update are made neighbours, so their slice is a view
         self.order = _update_order(members)
         self.members = [members[i] for i in self.order]
-        self.size = len(self.members)
+        self.size = self.count = len(self.members)
+        #: members dropped from the stacked tensors once they failed (caller's index)
+        self._retired: dict[int, _Retired] = {}
         models = [task.build_model(m.seed, tuple(splits.x_train.shape[1:]), splits.num_classes)
                   .to(self.device) for m in self.members]
         reason = model_refusal(models[0])
@@ -197,23 +208,37 @@ class BatchedTrainer:
     @property
     def failures(self) -> list[MemberFailure | None]:
         """Per member (caller's order): why it stopped, or ``None`` while it trains well."""
-        return [self._failures.get(pos) for pos in self._positions()]
+        positions = self._positions()
+        return [self._retired[i].failure if i in self._retired
+                else self._failures.get(positions[i]) for i in range(self.count)]
 
     def member_curve(self, index: int) -> list[tuple[int, float]]:
+        if index in self._retired:
+            return list(self._retired[index].curve)
         return list(self.curves[self._positions()[index]])
 
     def member_step(self, index: int) -> int:
+        if index in self._retired:
+            return self._retired[index].failure.step
         return self.steps[self._positions()[index]]
 
     def member_state(self, index: int) -> Tensors:
-        """Member ``index``'s model ``state_dict`` (parameters and buffers, copied)."""
-        pos = self._positions()[index]
+        """Member ``index``'s model ``state_dict`` (parameters and buffers, copied); for a
+        member that failed, as it was when it stopped."""
+        if index in self._retired:
+            return dict(self._retired[index].state)
+        return self._state_at(self._positions()[index])
+
+    def _state_at(self, pos: int) -> Tensors:
         state = {k: v[pos].clone() for k, v in self.params.items()}
         state.update({k: v[pos].clone() for k, v in self.buffers.items()})
         return state
 
     def member_checkpoint(self, index: int) -> dict[str, Any]:
         """Member ``index`` as a sequential ``Trainer`` checkpoint (``Trainer.load_state_dict``)."""
+        if index in self._retired:
+            raise ValueError(f"member {index} failed ({self._retired[index].failure.status}); "
+                             "a failed job saves no checkpoint")
         pos = self._positions()[index]
         return {
             "model": self.member_state(index),
@@ -228,7 +253,8 @@ class BatchedTrainer:
         }
 
     def _positions(self) -> list[int]:
-        positions = [0] * self.size
+        """Caller's index -> position in the stacked tensors (-1: retired)."""
+        positions = [-1] * self.count
         for pos, index in enumerate(self.order):
             positions[index] = pos
         return positions
@@ -339,6 +365,35 @@ class BatchedTrainer:
             means = losses.t().contiguous().mean(1).tolist()  # each row reduced as Trainer's window
             for pos in self._live():
                 self.curves[pos].append((self.steps[pos], means[pos]))
+            self._compact()  # between windows: no pending loss refers to the old positions
+
+    def _compact(self, fraction: float = 0.25) -> None:
+        """Drop failed members from the stacked tensors once they are ``fraction`` of them,
+        so that they cost no more compute; the others keep their state exactly."""
+        keep = self._live()
+        if not keep or self.size - len(keep) < max(1, fraction * self.size):
+            return
+        for pos in range(self.size):
+            if pos in self._failures:
+                self._retired[self.order[pos]] = _Retired(
+                    self._failures[pos], self.curves[pos], self._state_at(pos))
+        states = [self._update_of(pos).state_dict(pos) for pos in keep]
+        index = torch.tensor(keep, device=self.device)
+        self.params = {k: v.index_select(0, index) for k, v in self.params.items()}
+        self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
+        self._order = self._order.index_select(0, index)
+        for name in ("order", "members", "data_generators", "rule_generators", "steps",
+                     "curves", "_cursors"):
+            values = getattr(self, name)
+            setattr(self, name, [values[pos] for pos in keep])
+        self.size = len(keep)
+        self._failures, self._snapshot = {}, None
+        self._alive = torch.ones(self.size, dtype=torch.bool, device=self.device)
+        self._alive_list = [True] * self.size
+        self.losses = _Losses([m.recipe for m in self.members], self.device)
+        self.updates = self._build_updates()
+        for update in self.updates:
+            update.load_state_dicts(states[update.start:update.stop])
 
     def _live(self) -> list[int]:
         return [pos for pos, alive in enumerate(self._alive_list) if alive]
@@ -390,7 +445,7 @@ class BatchedTrainer:
         loss = [v / n for v in total_loss.tolist()]
         results: list[dict[str, float] | None] = []
         for pos in self._positions():
-            if pos in self._failures:
+            if pos < 0 or pos in self._failures:
                 results.append(None)
             else:
                 value = loss[pos]
@@ -504,6 +559,11 @@ class _Update:
 
     def load_state_dict(self, pos: int, state: Mapping[str, Any]) -> None:
         raise NotImplementedError
+
+    def load_state_dicts(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """The state of every member of the update, in order (after a compaction)."""
+        for j, state in enumerate(states):
+            self.load_state_dict(self.start + j, state)
 
 
 class _FunctionalSGD(_Update):
@@ -623,6 +683,24 @@ class _RuleUpdate(_Update):
         self.optimizer.load_state_dict(dict(state))
         for group, settings in zip(self.optimizer.param_groups, self.settings):
             group.update(settings)  # the recipe's hyperparameters win, as in Trainer.load_state_dict
+
+    def load_state_dicts(self, states: Sequence[Mapping[str, Any]]) -> None:
+        if self.stop - self.start == 1:
+            self.load_state_dict(self.start, states[0])
+            return
+        # a shared optimizer: stack the members' per-element state row by row
+        shapes = [v.shape[1:] for v in self.views]
+
+        def stacked(values: list[Any], shape: torch.Size) -> Any:
+            if isinstance(values[0], torch.Tensor) and values[0].shape == shape:
+                return torch.stack(values)
+            return values[0]  # shared by members of one rule trained alike (its step count)
+
+        joined = dict(states[0])
+        joined["state"] = {i: {k: stacked([s["state"][i][k] for s in states], shapes[i])
+                               for k in entry}
+                           for i, entry in states[0]["state"].items()}
+        self.optimizer.load_state_dict(joined)
 
 
 def shares_update(make: Callable[[list[torch.Tensor], torch.Generator], torch.optim.Optimizer],
