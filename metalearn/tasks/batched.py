@@ -25,15 +25,18 @@ losses: each member's loss depends only on its own slice, so the gradient of the
 sum is, slice by slice, each member's own gradient.
 
 A member whose loss becomes NaN/Inf is recorded as ``diverged`` (with the message
-and at the step the sequential loop would give) and frozen; the others go on.
-Floating-point sums are ordered differently under vmap, so a member agrees with its
-sequential twin to float tolerance, not bit for bit.
+and at the step the sequential loop would give) and frozen; the others go on. Once a
+quarter of the population has failed, the failed members leave the stacked tensors
+(the others keep their parameters, optimizer state and generators), so they cost no
+more compute. Floating-point sums may be ordered differently under vmap, so a member
+agrees with its sequential twin to float tolerance (often bit for bit on the CPU).
 
 Not batched (the executor runs these sequentially): backward rules (they convert the
-model's layers), tasks that are not a :class:`SupervisedTask`. BatchNorm is batched
-with per-member statistics (its running buffers are stacked like the parameters).
-Dropout draws from the global generator in the sequential loop too, so models with
-dropout are batched with independent draws per member (``randomness="different"``).
+model's layers), tasks that are not a :class:`SupervisedTask`, models with modules that
+own a generator (the WRN's ``SeededDropout``). BatchNorm is batched with per-member
+statistics (its running buffers are stacked like the parameters). ``nn.Dropout`` draws
+from the global generator in the sequential loop too, so it is batched with independent
+draws per member (``randomness="different"``).
 """
 
 from __future__ import annotations
