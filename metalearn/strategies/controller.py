@@ -14,26 +14,30 @@ output head and input embedding.
 
 Faithful: autoregressive sampling with choices fed back; PPO's clipped objective on
 sequence log-probabilities with an exponential-moving-average reward baseline;
-updates on batches of sampled rules, every sample rewarded. Differs: sizes are
+updates on batches of sampled rules, each rewarded with its fitness. Differs: sizes are
 small (hidden 32, batch 10, Adam lr 0.01, 4 PPO epochs per batch) to learn within
 hundreds rather than tens of thousands of samples; advantages are divided by the
 batch's reward standard deviation and a small entropy bonus slows collapse (both
 off with ``normalize_advantages=False, entropy_weight=0``); a failed candidate's
-reward is ``failed_reward`` (0, an accuracy of zero). Duplicates: a sample whose
-rule (key) was proposed before is not proposed again; it joins its batch with that
-rule's known reward (what re-evaluating the same job would give) and the policy
-samples again, up to ``max_resamples`` times, after which the repeat is proposed
-(the ledger answers it for free). So the policy learns from every sample as in the
-paper, while the budget buys only new rules.
+reward is ``failed_reward`` (0, an accuracy of zero).
+
+Repeats: every sample is learned from, as in the paper, but the budget buys only
+new rules. A sample whose rule (key) was proposed before is not proposed again: it
+joins its batch with that rule's reward (what re-evaluating the same job would
+give) and the policy draws again, up to ``max_resamples`` times (20), the first
+half from the policy itself, then at rising temperatures (1.5, 2, ... by
+``resample_heat``) so that a collapsed policy still finds new rules; after that
+the repeat is proposed (the ledger answers it for free). Each sample's
+log-probability is recorded under the distribution it was drawn from and PPO's
+ratio (for REINFORCE, an importance weight) corrects for the temperature.
 
 Determinism (a run resumes by replaying the ledger into a fresh strategy): the
 weights are drawn from a ``torch.Generator`` seeded with the strategy's seed, every
 sample uses that generator, rewards are keyed by the rule's key, and the policy is
-updated exactly when the next ``batch_size`` samples, in sampling order, all have
+updated exactly when the next ``batch_size`` samples, in drawing order, all have
 rewards, so the weights are a function of the seed and the sequence of asks and
 tells. ``init`` points are evaluated first and are not sampled, so they are not
-learned from, but the controller will not propose them again and a sample of one
-is rewarded with its fitness.
+learned from, but they count as proposed and a later sample of one gets its reward.
 """
 
 from __future__ import annotations
@@ -92,15 +96,17 @@ class DecisionPolicy(nn.Module):
         return F.linear(h, self.head.weight[rows], self.head.bias[rows])
 
     @torch.no_grad()
-    def sample(self, generator: torch.Generator) -> tuple[list[int], float]:
-        """One decision sequence and its log-probability."""
+    def sample(self, generator: torch.Generator, temperature: float = 1.0
+               ) -> tuple[list[int], float]:
+        """One decision sequence and its log-probability under the distribution sampled
+        (the policy's softmax with its logits divided by ``temperature``)."""
         hidden = self.embedding.weight.new_zeros(1, self.cell.hidden_size)
         state = (hidden, hidden)
         x = self.embedding.weight[self.start_token].unsqueeze(0)
         choices, log_prob = [], 0.0
         for i in range(len(self.sizes)):
             state = self.cell(x, state)
-            log_probs = F.log_softmax(self._logits(i, state[0])[0], dim=0)
+            log_probs = F.log_softmax(self._logits(i, state[0])[0] / temperature, dim=0)
             choice = int(torch.multinomial(log_probs.exp(), 1, generator=generator))
             choices.append(choice)
             log_prob += float(log_probs[choice])
@@ -127,8 +133,8 @@ class DecisionPolicy(nn.Module):
 @dataclass(frozen=True)
 class Sample:
     choices: tuple[int, ...]
-    log_prob: float
-    key: str
+    log_prob: float  # under the distribution it was drawn from (the behaviour policy)
+    key: str         # the rule's key: its reward is the rule's fitness
 
 
 class Controller(Strategy):
@@ -141,7 +147,7 @@ class Controller(Strategy):
                  hidden_size: int = 32, ppo_epochs: int = 4, ppo_clip: float = 0.2,
                  entropy_weight: float = 0.01, baseline_decay: float = 0.9,
                  normalize_advantages: bool = True, failed_reward: float = 0.0,
-                 max_resamples: int = 20) -> None:
+                 max_resamples: int = 20, resample_heat: float = 0.5) -> None:
         super().__init__(space, seed, init)
         if not (hasattr(space, "decisions") and hasattr(space, "from_decisions")):
             raise UserError(f"strategy {self.name!r} needs a space with decisions() "
@@ -149,9 +155,10 @@ class Controller(Strategy):
         if algorithm not in ALGORITHMS:
             raise UserError(f"unknown algorithm {algorithm!r} of strategy {self.name!r}; "
                             f"accepted: {', '.join(ALGORITHMS)}")
-        if batch_size < 1 or ppo_epochs < 1 or hidden_size < 1 or max_resamples < 0:
+        if batch_size < 1 or ppo_epochs < 1 or hidden_size < 1 or max_resamples < 0 \
+                or resample_heat < 0:
             raise UserError("batch_size, ppo_epochs and hidden_size must be >= 1, "
-                            "max_resamples >= 0")
+                            "max_resamples and resample_heat >= 0")
         self.algorithm = algorithm
         self.batch_size = batch_size
         self.ppo_epochs = ppo_epochs if algorithm == "ppo" else 1
@@ -161,35 +168,35 @@ class Controller(Strategy):
         self.normalize_advantages = normalize_advantages
         self.failed_reward = failed_reward
         self.max_resamples = max_resamples
+        self.resample_heat = resample_heat
         self.generator = torch.Generator().manual_seed(seed)
         with one_thread():
             self.policy = DecisionPolicy(space.decisions(), hidden_size, self.generator)  # type: ignore[attr-defined]
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
-        self.samples: list[Sample] = []          # sampled, not yet learned from, in order
-        self.rewards: dict[str, float] = {}      # candidate key -> reward, from the tells
-        self.proposed: set[str] = set()          # keys handed to the search
-        self.sampled = 0                         # samples drawn in all
+        self.samples: list[Sample] = []          # drawn, not yet learned from, in order
+        self.rewards: dict[str, float] = {}      # rule key -> reward, from the tells
+        self.proposed: set[str] = set()          # keys of every rule proposed so far
+        self.drawn = 0                           # samples drawn in all
+        self.redrawn = 0                         # of which redrawn because their rule was known
         self.batches = 0                         # batches learned from so far
         self.baseline: float | None = None
         self.mean_rewards: list[float] = []      # mean reward of each batch, in order
 
     def _ask(self) -> Job:
-        """A sample whose rule was not proposed before (up to ``max_resamples`` tries).
-
-        A sample of a known rule still joins the batch with that rule's reward, exactly
-        what re-evaluating it would give (it is the same job), so the policy learns
-        from every sample, while the budget buys only new rules.
-        """
+        """A sample of a rule not proposed before, if one turns up within the redraws."""
         with one_thread():
-            for _ in range(self.max_resamples + 1):
-                choices, log_prob = self.policy.sample(self.generator)
+            for attempt in range(self.max_resamples + 1):
+                # the first half of the redraws from the policy itself, then ever hotter
+                temperature = 1.0 + self.resample_heat * max(0, attempt - self.max_resamples // 2)
+                choices, log_prob = self.policy.sample(self.generator, temperature)
                 genome = self.space.from_decisions(choices)  # type: ignore[attr-defined]
                 key = self.space.key(genome)
                 self.samples.append(Sample(tuple(choices), log_prob, key))
-                self.sampled += 1
+                self.drawn += 1
                 if key not in self.proposed:
                     break
-                self.learn()
+                self.redrawn += 1
+                self.learn()  # a known rule's sample may complete a batch
         self.proposed.add(key)
         return Job(candidate=self.space.candidate(genome))
 
@@ -200,8 +207,8 @@ class Controller(Strategy):
         key = evaluation.job.candidate.key
         if key not in self.rewards:
             self.rewards[key] = evaluation.score(failed=self.failed_reward)
-        with one_thread():
-            self.learn()
+            with one_thread():
+                self.learn()
 
     def learn(self) -> None:
         """Update on each complete batch: the next ``batch_size`` samples, all rewarded."""
@@ -214,7 +221,7 @@ class Controller(Strategy):
     def update(self, batch: list[Sample]) -> None:
         """One PPO (or REINFORCE) update on a complete batch of the policy's samples."""
         choices = torch.tensor([s.choices for s in batch], dtype=torch.long)
-        old_log_prob = torch.tensor([s.log_prob for s in batch])
+        behaviour_log_prob = torch.tensor([s.log_prob for s in batch])
         rewards = torch.tensor([self.rewards[s.key] for s in batch])
         mean = float(rewards.mean())
         baseline = mean if self.baseline is None else self.baseline
@@ -224,12 +231,12 @@ class Controller(Strategy):
             advantages = advantages / spread
         for _ in range(self.ppo_epochs):
             log_prob, entropy = self.policy.log_prob(choices)
+            ratio = torch.exp(log_prob - behaviour_log_prob)
             if self.algorithm == "ppo":
-                ratio = torch.exp(log_prob - old_log_prob)
                 clipped = ratio.clamp(1 - self.ppo_clip, 1 + self.ppo_clip)
                 objective = torch.minimum(ratio * advantages, clipped * advantages)
-            else:
-                objective = log_prob * advantages
+            else:  # importance-weighted REINFORCE: plain REINFORCE for on-policy samples
+                objective = ratio.detach() * log_prob * advantages
             loss = -objective.mean() - self.entropy_weight * entropy.mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
