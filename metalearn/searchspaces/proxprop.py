@@ -36,6 +36,7 @@ Depends on torch and ``backprop_layers`` only (``export_source`` copies both).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -86,17 +87,21 @@ def _adjoint(layer: nn.Module, x: torch.Tensor, u: torch.Tensor, has_bias: bool,
 
 def _dot(p: Params, q: Params) -> torch.Tensor:
     """Inner products per output unit (the CG's columns)."""
-    out = (p[0] * q[0]).flatten(1).sum(1)
+    out = torch.linalg.vecdot(p[0].flatten(1), q[0].flatten(1))
     if p[1] is not None and q[1] is not None:
         out = out + p[1] * q[1]
     return out
 
 
-def _axpy(alpha: torch.Tensor, p: Params, q: Params) -> Params:
-    """``q + alpha * p`` with one ``alpha`` per output unit."""
-    scale = alpha.view(-1, *([1] * (p[0].dim() - 1)))
-    bias = None if p[1] is None or q[1] is None else q[1] + alpha * p[1]
-    return q[0] + scale * p[0], bias
+def _add_scaled_(q: Params, alpha: torch.Tensor, p: Params) -> None:
+    """``q += alpha * p`` in place, one ``alpha`` per output unit.
+
+    In place because fresh weight-sized tensors cost more than the arithmetic on a CPU
+    (every large allocation is new pages), which made CG steps several times slower.
+    """
+    q[0].addcmul_(alpha.view(-1, *([1] * (p[0].dim() - 1))), p[0])
+    if q[1] is not None and p[1] is not None:
+        q[1].addcmul_(alpha, p[1])
 
 
 def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -104,23 +109,31 @@ def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / torch.where(b > 0, b, torch.ones_like(b)), torch.zeros_like(a))
 
 
-def conjugate_gradient(apply_m: Any, rhs: Params, iterations: int) -> Params:
-    """Column-wise CG for ``M delta = rhs`` from ``delta = 0`` (M symmetric positive definite)."""
-    delta: Params = (torch.zeros_like(rhs[0]), None if rhs[1] is None else torch.zeros_like(rhs[1]))
-    r, p = rhs, rhs
+def conjugate_gradient(apply_m: Callable[[Params], Params], rhs: Params, iterations: int
+                       ) -> Params:
+    """Column-wise CG for ``M delta = rhs`` from ``delta = 0`` (M symmetric positive definite).
+
+    ``rhs`` is used as the residual and overwritten; ``apply_m`` must return fresh tensors.
+    """
+    r = rhs
+    p: Params = (r[0].clone(), None if r[1] is None else r[1].clone())
+    delta: Params = (torch.zeros_like(r[0]), None if r[1] is None else torch.zeros_like(r[1]))
     rs = _dot(r, r)
     threshold = CG_TOLERANCE * rs.mean()
     for k in range(iterations):
         mp = apply_m(p)
         alpha = _safe_div(rs, _dot(p, mp))
-        delta = _axpy(alpha, p, delta)
+        _add_scaled_(delta, alpha, p)
         if k == iterations - 1:
             break
-        r = _axpy(-alpha, mp, r)
+        _add_scaled_(r, -alpha, mp)
         rs_new = _dot(r, r)
         if bool(rs_new.max() <= threshold):
             break
-        p = _axpy(_safe_div(rs_new, rs), p, r)
+        scale = _safe_div(rs_new, rs)
+        p[0].mul_(scale.view(-1, *([1] * (p[0].dim() - 1)))).add_(r[0])
+        if p[1] is not None and r[1] is not None:
+            p[1].mul_(scale).add_(r[1])
         rs = rs_new
     return delta
 
@@ -172,8 +185,10 @@ class _ProxPropFunction(torch.autograd.Function):
         else:
             def apply_m(p: Params) -> Params:  # (A^T A + beta I) p, matrix-free
                 ata = _adjoint(layer, x, _forward(layer, x, p, padding), has_bias, weight, padding)
-                bias = None if p[1] is None or ata[1] is None else ata[1] + beta * p[1]
-                return ata[0] + beta * p[0], bias
+                ata[0].add_(p[0], alpha=beta)
+                if ata[1] is not None and p[1] is not None:
+                    ata[1].add_(p[1], alpha=beta)
+                return ata
 
             delta = conjugate_gradient(apply_m, gradient, layer.cg_iterations)
         grad_b = delta[1] if has_bias and ctx.needs_input_grad[2] else None
