@@ -63,7 +63,6 @@ def test_ray_search_gives_the_inline_candidates_and_fitnesses(tmp_path: Path, cl
     assert len({fitness for _, _, fitness in inline.values()}) > 1
 
 
-@pytest.mark.slow
 def test_ray_worker_killed_mid_job_costs_only_that_job_which_is_run_again(
         tmp_path: Path, cluster: None, scripted: None) -> None:
     marks = tmp_path / "marks"
