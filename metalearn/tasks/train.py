@@ -146,7 +146,7 @@ class Trainer(TrainingState):
         # on CUDA, small models are bound by kernel launches: compiling (and CUDA graphs with
         # "reduce-overhead") removes most of them; the state dict stays the plain model's
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
-        if compile_mode != "none" and device.type == "cuda" and recipe.backward is None:
+        if compile_mode != "none" and device.type == "cuda":
             self._forward = torch.compile(self.model, mode=None if compile_mode == "default"
                                           else compile_mode)
         self.optimizer = recipe.make_optimizer(
@@ -163,6 +163,18 @@ class Trainer(TrainingState):
         self._cursor = 0
         self._check_every = 1 if device.type == "cpu" else 25
         self._curve_every = max(1, total_steps // 50)
+
+    def _compiled_or_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The compiled forward; a candidate whose rule cannot be compiled runs eagerly instead."""
+        if self._forward is self.model:
+            return self.model(x)
+        try:
+            return self._forward(x)
+        except Exception as err:  # torch._dynamo / torch._inductor failures only
+            if not type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            self._forward = self.model
+            return self.model(x)
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.data.y_train)
@@ -189,7 +201,7 @@ class Trainer(TrainingState):
                 self._set_lr()
             x, y = self._next_batch()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self._forward(x)
+                logits = self._compiled_or_eager(x)
             logits = logits.float()
             if self.recipe.backward is not None:
                 self.recipe.backward.observe_output(logits)
