@@ -121,7 +121,8 @@ def test_asynchronous_evolution_on_the_pool_resumes_after_a_driver_crash(
         tmp_path: Path, scripted: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from metalearn.ledger import Ledger
 
-    record, recorded = Ledger.record, []
+    record = Ledger.record
+    recorded: list[Any] = []
 
     def crash_after_five(self: Ledger, evaluations: list[Any]) -> None:
         if len(recorded) == 5:
