@@ -161,7 +161,13 @@ class BatchedTrainer:
         self.batch_size = min(task.batch_size, len(self.data.y_train))
         self.eval_batch_size = eval_batch_size
         self.augment = AUGMENTS[task.augment] if task.augment != "none" else None
-        self.amp = task.amp and self.device.type == "cuda"
+        # vmapped BatchNorm refuses bf16 inputs with float32 running statistics, so a
+        # population of a BatchNorm model trains in float32 (measured: the autocast path
+        # raised "Expected running_mean to have type BFloat16" on an H100)
+        probe = task.build_model(0, tuple(splits.x_train.shape[1:]), splits.num_classes)
+        has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                            for m in probe.modules())
+        self.amp = task.amp and self.device.type == "cuda" and not has_batchnorm
         if task.channels_last and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
