@@ -12,8 +12,12 @@ import torch
 
 from metalearn.evaluator import Evaluator, Job, Status
 from metalearn.registry import get_space, get_task
+from metalearn.searchspaces.backprop_dsl import BackpropSpace, Genome
+from metalearn.tasks import SupervisedTask
 
-SPACE = get_space("backprop")
+_SPACE = get_space("backprop")
+assert isinstance(_SPACE, BackpropSpace)
+SPACE: BackpropSpace = _SPACE
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +29,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def rules(count: int, seed: int) -> list:  # noqa: ANN001
+def rules(count: int, seed: int) -> list[Genome]:
     """A mix of samples, mutation chains and decoded decision vectors."""
     rng = np.random.default_rng(seed)
     sizes = SPACE.decisions()
     found = [SPACE.named()[n] for n in ("backprop", "feedback_alignment", "sign_symmetry",
                                         "direct_feedback_alignment")]
-    parent = SPACE.sample(rng)
+    parent: Genome = SPACE.sample(rng)
     while len(found) < count:
         kind = len(found) % 3
         if kind == 0:
@@ -46,8 +50,9 @@ def rules(count: int, seed: int) -> list:  # noqa: ANN001
 
 def check(count: int, seed: int) -> Counter:
     evaluator = Evaluator(device="cpu")
-    tasks = [get_task("mnist1d-mlp").with_options(batch_size=32),
-             get_task("mnist1d-conv").with_options(batch_size=32)]
+    tasks = [get_task(name) for name in ("mnist1d-mlp", "mnist1d-conv")]
+    tasks = [t.with_options(batch_size=32) for t in tasks if isinstance(t, SupervisedTask)]
+    assert len(tasks) == 2
     statuses: Counter = Counter()
     for i, genome in enumerate(rules(count, seed)):
         candidate = SPACE.candidate(genome)
@@ -56,7 +61,7 @@ def check(count: int, seed: int) -> Counter:
             # a typed rule runs on every Linear/Conv2d: never invalid, never an exception
             assert result.status in (Status.OK, Status.DIVERGED), (candidate.text, result.error)
             if result.status is Status.OK:
-                assert 0.0 <= result.fitness <= 1.0
+                assert result.fitness is not None and 0.0 <= result.fitness <= 1.0
             statuses[result.status] += 1
     # most short runs stay finite; a runtime that broke rules would fail this
     assert statuses[Status.OK] > 0.8 * sum(statuses.values()), statuses

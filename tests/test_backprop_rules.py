@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -10,22 +12,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearn.registry import get_space
-from metalearn.searchspaces.backprop_layers import RuleConv2d, RuleLinear
+from metalearn.searchspaces.backprop_layers import BackpropRule, RuleConv2d, RuleLinear
 
 SPACE = get_space("backprop")
 
 
-def rule(text: str):  # noqa: ANN201 - a BackpropRule
-    return SPACE.build(SPACE.resolve(text))
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
-def mlp(seed: int = 0) -> nn.Sequential:
+def rule(text: str) -> BackpropRule:
+    built = SPACE.build(SPACE.resolve(text))
+    assert isinstance(built, BackpropRule)
+    return built
+
+
+def grad(t: torch.Tensor) -> torch.Tensor:
+    assert t.grad is not None
+    return t.grad
+
+
+def mlp(seed: int = 0) -> Any:  # Any: tests read the converted layers' buffers
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(),
                          nn.Linear(8, 5))
 
 
-def convnet(seed: int = 0) -> nn.Sequential:
+def convnet(seed: int = 0) -> Any:
     """Strides, padding, dilation, no bias, a reflect-padded and a 'same' convolution."""
     torch.manual_seed(seed)
     return nn.Sequential(
@@ -37,19 +55,23 @@ def convnet(seed: int = 0) -> nn.Sequential:
     )
 
 
-def grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, observe=None
-          ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
+Observe = Callable[[torch.Tensor], None]
+
+
+def grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, observe: Observe | None = None
+          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     x = x.clone().requires_grad_()
     logits = model(x)
     if observe is not None:
         observe(logits)
     F.cross_entropy(logits, y).backward()
-    return x.grad, [p.grad.clone() for p in model.parameters()]
+    return grad(x), [grad(p).clone() for p in model.parameters()]
 
 
 @pytest.mark.parametrize("make, shape", [(mlp, (32, 12)), (convnet, (8, 3, 8, 8))])
 @pytest.mark.parametrize("text", ["backprop", "max(apply(d, W), apply(d, W))"])
-def test_backprop_rule_equals_autograd(make, shape, text: str) -> None:  # noqa: ANN001
+def test_backprop_rule_equals_autograd(make: Callable[[], nn.Module], shape: tuple[int, ...],
+                                       text: str) -> None:
     # the second text avoids the fast path: the general evaluator must be exact too
     reference, model = make(), make()
     converted = rule(text)
@@ -63,18 +85,21 @@ def test_backprop_rule_equals_autograd(make, shape, text: str) -> None:  # noqa:
         torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=0)
 
 
-def _manual_mlp_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, feedback
-                      ) -> list[torch.Tensor]:  # noqa: ANN001
+Feedback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _manual_mlp_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, feedback: Feedback
+                      ) -> list[torch.Tensor]:
     """Weight/bias gradients of a Tanh MLP whose layer i sends ``feedback(i, d, e)`` below."""
     layers = [m for m in model if isinstance(m, nn.Linear)]
-    hs, zs = [x], []
+    hs, zs = [x], []  # inputs and pre-activations of each layer
     for i, layer in enumerate(layers):
         zs.append(hs[-1] @ layer.weight.detach().t() + layer.bias.detach())
         if i < len(layers) - 1:
             hs.append(torch.tanh(zs[-1]))
     logits = zs[-1].clone().requires_grad_()
     F.cross_entropy(logits, y).backward()
-    e = logits.grad
+    e = grad(logits)
     out: list[torch.Tensor] = []
     d = e
     for i in reversed(range(len(layers))):
@@ -90,7 +115,7 @@ def test_rule_matches_its_defining_formula(name: str) -> None:
     model = mlp(3)
     converted = rule(name)
     converted.apply(model, torch.Generator().manual_seed(5))
-    layers = [m for m in model if isinstance(m, nn.Linear)]
+    layers: list[Any] = [m for m in model if isinstance(m, nn.Linear)]
     x, y = torch.randn(32, 12), torch.randint(0, 5, (32,))
     _, got = grads(model, x, y, converted.observe_output)  # D is drawn at the first step
 
@@ -112,13 +137,13 @@ def test_rule_matches_its_defining_formula(name: str) -> None:
 def test_fixed_matrices_are_gaussian_at_the_weights_scale() -> None:
     model = nn.Linear(400, 300)
     rule("feedback_alignment").apply(model, torch.Generator().manual_seed(0))
-    w, g = model.weight.detach(), model.feedback_G
+    w, g = model.weight.detach(), model.get_buffer("feedback_G")
     assert g.shape == w.shape and not torch.equal(g, w)
     assert abs(float(g.std()) / float(w.std()) - 1) < 0.02
     assert abs(float(g.mean())) < 0.01 * float(w.std())
     model = nn.Linear(400, 300)
     rule("apply(d, S)").apply(model, torch.Generator().manual_seed(0))
-    s = model.feedback_S
+    s = model.get_buffer("feedback_S")
     assert torch.allclose(s.abs(), model.weight.detach().std().expand_as(s))
     assert 0.45 < float((s > 0).float().mean()) < 0.55
 
@@ -127,7 +152,7 @@ def test_direct_feedback_on_convolutions_reaches_each_layer() -> None:
     model = convnet(1)
     converted = rule("direct_feedback_alignment")
     converted.apply(model, torch.Generator().manual_seed(2))
-    convs = [m for m in model.modules() if isinstance(m, RuleConv2d)]
+    convs: list[Any] = [m for m in model.modules() if isinstance(m, RuleConv2d)]
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
     # the output of conv 0 is the input of conv 1: its gradient must be (e @ D1) * tanh'
     captured: dict[str, torch.Tensor] = {}
@@ -138,7 +163,7 @@ def test_direct_feedback_on_convolutions_reaches_each_layer() -> None:
     F.cross_entropy(logits, y).backward()
     d1 = convs[1].feedback_D
     assert d1.shape == (5, 6, 4, 4)
-    want = (logits.grad @ d1.flatten(1)).view(8, 6, 4, 4)
+    want = (grad(logits) @ d1.flatten(1)).view(8, 6, 4, 4)
     torch.testing.assert_close(captured["gi"], want, atol=1e-6, rtol=1e-5)
     assert convs[0].feedback_D.numel() == 0  # the first layer sends nothing below
 
@@ -214,7 +239,7 @@ def test_R_read_twice_in_one_step_is_one_matrix() -> None:
     rule("sub(apply(d, R), apply(d, R))").apply(model)
     x = torch.randn(5, 6, requires_grad=True)
     model(x).sum().backward()
-    assert torch.equal(x.grad, torch.zeros_like(x.grad))
+    assert torch.equal(grad(x), torch.zeros_like(grad(x)))
 
 
 @pytest.mark.parametrize("fn, formula", [
@@ -226,16 +251,17 @@ def test_R_read_twice_in_one_step_is_one_matrix() -> None:
     ("normalize", lambda v: v / v.pow(2).mean().sqrt()),
     ("batchnorm", lambda v: (v - v.mean(0)) / (v.var(0, unbiased=False) + 1e-5).sqrt()),
 ])
-def test_unary_functions_match_their_formulas(fn: str, formula) -> None:  # noqa: ANN001
+def test_unary_functions_match_their_formulas(
+        fn: str, formula: Callable[[torch.Tensor], torch.Tensor]) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 3))
+    model: Any = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 3))
     rule(f"{fn}(apply(d, W))").apply(model)
     x = torch.randn(7, 6, requires_grad=True)
     upstream = torch.randn(7, 3) * 3
     model(x).backward(upstream)
     d = formula(upstream @ model[1].weight.detach())  # what layer 1 sends to layer 0
     want = formula(d @ model[0].weight.detach())
-    torch.testing.assert_close(x.grad, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad(x), want, atol=1e-5, rtol=1e-5)
 
 
 def test_dropout_and_noise_follow_their_definitions() -> None:
@@ -246,15 +272,15 @@ def test_dropout_and_noise_follow_their_definitions() -> None:
     upstream = torch.randn(100, 300)
     layer(x).backward(upstream)
     clean = upstream @ layer.weight.detach()
-    dropped = x.grad == 0
+    dropped = grad(x) == 0
     assert 0.09 < float(dropped.float().mean()) < 0.11
-    torch.testing.assert_close(x.grad[~dropped], clean[~dropped] / 0.9)
+    torch.testing.assert_close(grad(x)[~dropped], clean[~dropped] / 0.9)
     layer = nn.Linear(200, 300)
     rule("noise(apply(d, W))").apply(layer, torch.Generator().manual_seed(0))
     x.grad = None
     layer(x).backward(upstream)
     clean = upstream @ layer.weight.detach()
-    ratio = float((x.grad - clean).std() / clean.pow(2).mean().sqrt())
+    ratio = float((grad(x) - clean).std() / clean.pow(2).mean().sqrt())
     assert 0.095 < ratio < 0.105
 
 
@@ -263,16 +289,16 @@ def test_conversion_is_in_place_on_nested_models_and_keeps_parameters() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(2, 3, 3, padding=1)
-            self.heads = nn.ModuleDict({"a": nn.Linear(3 * 4 * 4, 5)})
+            self.heads: Any = nn.ModuleDict({"a": nn.Linear(3 * 4 * 4, 5)})
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.heads["a"](self.conv(x).flatten(1))
+            return self.heads["a"](self.conv(x).flatten(1))  # type: ignore[no-any-return]
 
-    model = Block()
+    model: Any = Block()
     before = {name: id(p) for name, p in model.named_parameters()}
     reference = copy.deepcopy(model)
     result = rule("backprop").apply(model, torch.Generator())
-    assert result is model
+    assert id(result) == id(model)  # in place
     assert isinstance(model.conv, RuleConv2d) and isinstance(model.heads["a"], RuleLinear)
     assert {name: id(p) for name, p in model.named_parameters()} == before
     x = torch.randn(2, 2, 4, 4)
@@ -291,8 +317,8 @@ def test_linear_on_sequences_flattens_leading_dims() -> None:
     x3r = x3.detach().clone().requires_grad_()
     model(x3).square().sum().backward()
     reference(x3r).square().sum().backward()
-    torch.testing.assert_close(x3.grad, x3r.grad, atol=1e-6, rtol=0)
-    torch.testing.assert_close(model.weight.grad, reference.weight.grad, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(grad(x3), grad(x3r), atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad(model.weight), grad(reference.weight), atol=1e-5, rtol=1e-6)
 
 
 @pytest.mark.gpu

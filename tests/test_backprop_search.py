@@ -11,6 +11,7 @@ import torch
 
 import metalearn as ml
 from metalearn.registry import get_space, get_task
+from metalearn.tasks import SupervisedTask
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +44,7 @@ def test_search_over_backprop_rules(strategy: str, task: str, tmp_path: Path) ->
 
 def test_mnist1d_conv_task_uses_strided_padded_convolutions() -> None:
     task = get_task("mnist1d-conv")
+    assert isinstance(task, SupervisedTask)
     model = task.build_model(0, (40,), 10)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 3 and any(c.stride != (1, 1) for c in convs)

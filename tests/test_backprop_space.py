@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,18 +19,29 @@ import metalearn as ml
 from metalearn.errors import ParseError
 from metalearn.searchspaces.backprop_dsl import BackpropSpace, ProxPropPoint
 from metalearn.searchspaces.backprop_layers import BackpropRule
-from metalearn.searchspaces.expr import Binary, depth, operands_used, walk
+from metalearn.searchspaces.expr import Binary, Node, depth, operands_used, walk
 from metalearn.searchspaces.proxprop import ProxPropLinear, ProxPropRule
 
-SPACE = ml.get_space("backprop")
+_SPACE = ml.get_space("backprop")
+assert isinstance(_SPACE, BackpropSpace)
+SPACE: BackpropSpace = _SPACE
 
 
-def binary_count(node) -> int:  # noqa: ANN001
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def binary_count(node: Node) -> int:
     return sum(isinstance(n, Binary) for _, n in walk(node))
 
 
 def test_space_is_registered_with_its_named_points() -> None:
-    assert isinstance(SPACE, BackpropSpace) and SPACE.slots == ("backward",)
+    assert SPACE.slots == ("backward",) and ml.get_space("backprop") is SPACE
     texts = {name: SPACE.format(g) for name, g in SPACE.named().items()}
     assert texts == {
         "backprop": "apply(d, W)",
@@ -39,7 +52,9 @@ def test_space_is_registered_with_its_named_points() -> None:
     }
     assert SPACE.candidate(SPACE.parse("apply(d, W)")).name == "backprop"
     assert isinstance(SPACE.build(SPACE.named()["proxprop"]), ProxPropRule)
-    assert SPACE.build(SPACE.named()["sign_symmetry"]).program == ("apply", ("d",), ("sign", ("W",)))
+    built = SPACE.build(SPACE.named()["sign_symmetry"])
+    assert isinstance(built, BackpropRule)
+    assert built.program == ("apply", ("d",), ("sign", ("W",)))
 
 
 def test_samples_are_typed_rules_with_one_to_three_binary_operations() -> None:
@@ -60,6 +75,7 @@ def test_mutation_changes_the_rule_and_keeps_it_typed() -> None:
     rule = SPACE.named()["backprop"]
     for _ in range(300):
         child = SPACE.mutate(rule, rng)
+        assert not isinstance(child, ProxPropPoint)  # a DSL rule mutates into a DSL rule
         SPACE.grammar.check(child)
         assert SPACE.key(child) != SPACE.key(rule)
         assert 1 <= binary_count(child) <= 3
@@ -115,8 +131,8 @@ def test_every_decision_vector_decodes_to_a_runnable_rule() -> None:
         assert 1 <= binary_count(rule) <= 3
         assert SPACE.from_decisions(SPACE.to_decisions(rule)) == rule
     for name in ("backprop", "feedback_alignment", "sign_symmetry", "direct_feedback_alignment"):
-        rule = SPACE.named()[name]
-        assert SPACE.from_decisions(SPACE.to_decisions(rule)) == rule
+        point = SPACE.named()[name]
+        assert SPACE.from_decisions(SPACE.to_decisions(point)) == point
     with pytest.raises(ml.UserError, match="ProxProp"):
         SPACE.to_decisions(SPACE.named()["proxprop"])
 
@@ -186,7 +202,7 @@ def test_exported_file_needs_torch_alone_and_matches_build(text: str, tmp_path: 
     module = _import(path)
     assert module.RULE_TEXT == SPACE.format(genome)  # type: ignore[attr-defined]
 
-    def run(convert) -> list[torch.Tensor]:  # noqa: ANN001
+    def run(convert: Callable[[nn.Module, torch.Generator], Any]) -> list[torch.Tensor]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                               nn.Linear(3 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 4))
@@ -195,7 +211,7 @@ def test_exported_file_needs_torch_alone_and_matches_build(text: str, tmp_path: 
         logits = model(x)
         rule.observe_output(logits)
         F.cross_entropy(logits, torch.arange(5) % 4).backward()
-        return [p.grad for p in model.parameters()]
+        return [p.grad for p in model.parameters() if p.grad is not None]
 
     def ours(model: nn.Module, generator: torch.Generator) -> BackpropRule | ProxPropRule:
         built = SPACE.build(genome)

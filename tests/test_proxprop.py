@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -17,20 +19,34 @@ from metalearn.searchspaces.proxprop import ProxPropConv2d, ProxPropLinear, Prox
 TAU = 0.05
 
 
-def mlp(seed: int = 0) -> nn.Sequential:
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def grad(t: torch.Tensor) -> torch.Tensor:
+    assert t.grad is not None
+    return t.grad
+
+
+def mlp(seed: int = 0) -> Any:  # Any: tests read the layers' attributes
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(),
                          nn.Linear(16, 4))
 
 
-def convnet(seed: int = 0) -> nn.Sequential:
+def convnet(seed: int = 0) -> Any:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(),
                          nn.Conv2d(4, 3, 3, padding=1, bias=False), nn.ReLU(),
                          nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
 
 
-def step_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int
+def step_inputs(model: Any, x: torch.Tensor, y: torch.Tensor, index: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The input of layer ``index`` and the gradient at its output, by plain autograd."""
     model = copy.deepcopy(model)
@@ -40,10 +56,10 @@ def step_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int
     out = model(x)
     seen["z"].retain_grad()
     F.cross_entropy(out, y).backward()
-    return seen["a"], seen["z"].grad
+    return seen["a"], grad(seen["z"])
 
 
-def proximal_solution(a: torch.Tensor, grad_z: torch.Tensor, layer: nn.Linear, tau: float
+def proximal_solution(a: torch.Tensor, grad_z: torch.Tensor, layer: Any, tau: float
                       ) -> torch.Tensor:
     """argmin_X 1/2||A X - y||^2 + 1/(2 tau)||X - Z||^2 as least squares of the stacked system."""
     a1 = torch.cat([a, torch.ones(len(a), 1)], 1).double()
@@ -55,7 +71,7 @@ def proximal_solution(a: torch.Tensor, grad_z: torch.Tensor, layer: nn.Linear, t
     return torch.linalg.lstsq(stacked, target).solution
 
 
-def converted(mode: str, make=mlp, tau: float = TAU) -> nn.Module:  # noqa: ANN001
+def converted(mode: str, make: Callable[[], Any] = mlp, tau: float = TAU) -> Any:
     model = make()
     ProxPropRule(mode, tau).apply(model)
     return model
@@ -64,7 +80,7 @@ def converted(mode: str, make=mlp, tau: float = TAU) -> nn.Module:  # noqa: ANN0
 def backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x = x.clone().requires_grad_()
     F.cross_entropy(model(x), y).backward()
-    return x.grad
+    return grad(x)
 
 
 X, Y = torch.randn(32, 10, generator=torch.Generator().manual_seed(0)), torch.arange(32) % 4
@@ -100,11 +116,12 @@ def test_exact_mode_with_more_rows_than_inputs_solves_them_too() -> None:
     grad_z = torch.randn(40, 3) * 0.1
     layer(a).backward(grad_z)
     want = reference.weight.detach().double().t() - proximal_solution(a, grad_z, reference, 0.3)[:5]
-    torch.testing.assert_close(layer.weight.grad.double(), want.t(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad(layer.weight).double(), want.t(), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("make, x", [(mlp, X), (convnet, XC)])
-def test_gradient_mode_equals_the_plain_gradient(make, x: torch.Tensor) -> None:  # noqa: ANN001
+def test_gradient_mode_equals_the_plain_gradient(make: Callable[[], Any], x: torch.Tensor
+                                                ) -> None:
     reference, model = make(), converted("gradient", make)
     assert isinstance(model[0], (ProxPropLinear, ProxPropConv2d))
     gx_ref, gx = backward(reference, x, Y[:len(x)]), backward(model, x, Y[:len(x)])
@@ -113,7 +130,8 @@ def test_gradient_mode_equals_the_plain_gradient(make, x: torch.Tensor) -> None:
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=0)
 
 
-def test_cg_approaches_the_exact_solution_as_iterations_grow(monkeypatch) -> None:  # noqa: ANN001
+def test_cg_approaches_the_exact_solution_as_iterations_grow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     exact = converted("exact")
     backward(exact, X, Y)
 
@@ -131,7 +149,8 @@ def test_cg_approaches_the_exact_solution_as_iterations_grow(monkeypatch) -> Non
     assert errors[0] > 1e-2 and errors[-1] < 1e-5, errors
 
 
-def test_cg_on_convolutions_approaches_the_dense_proximal_step(monkeypatch) -> None:  # noqa: ANN001
+def test_cg_on_convolutions_approaches_the_dense_proximal_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The matrix-free CG of a strided, padded Conv2d against a dense solve built by im2col."""
     tau = 0.5
     reference = convnet(2)

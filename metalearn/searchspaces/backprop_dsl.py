@@ -189,7 +189,7 @@ class BackpropSpace(DiscreteSpace[Genome]):
 
     # ------------------------------------------------------------ sampling and mutation
 
-    def sample(self, rng: np.random.Generator) -> Genome:
+    def sample(self, rng: np.random.Generator) -> Node:
         """A random DSL rule with 1 to 3 binary operations that reads ``d`` or ``e``."""
         while True:
             rule = self.grammar.sample(rng)
