@@ -64,6 +64,8 @@ def _cmd_list(args: argparse.Namespace) -> None:
 def _cmd_search(args: argparse.Namespace) -> None:
     from .search import search
 
+    _cpu_threads(args)
+
     task_options: dict[str, Any] = {}
     if args.data_dir:
         task_options["data_dir"] = args.data_dir
@@ -201,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--job-timeout", type=float, help="seconds a job may train")
     s.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--threads", type=_positive_int,
+                   help="PyTorch CPU threads (default 1 when training on the CPU)")
     s.set_defaults(run_command=_cmd_search)
 
     show = commands.add_parser("show", help="leaderboard and statuses of a run")
