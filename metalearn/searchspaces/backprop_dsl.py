@@ -346,7 +346,7 @@ class BackpropSpace(DiscreteSpace[Genome]):
         if isinstance(genome, ProxPropPoint):
             parts.append(_module_body(proxprop))
             parts.append(
-                f"\n\nRULE_TEXT = {text!r}\n\n\n"
+                f"\nRULE_TEXT = {text!r}\n\n\n"
                 "def convert(model: nn.Module, generator: torch.Generator | None = None"
                 ") -> ProxPropRule:\n"
                 '    """Convert ``model`` in place to ProxProp; returns the rule."""\n'
@@ -355,7 +355,7 @@ class BackpropSpace(DiscreteSpace[Genome]):
                 "    return rule\n")
         else:
             parts.append(
-                f"\n\nRULE_TEXT = {text!r}\n"
+                f"\nRULE_TEXT = {text!r}\n"
                 f"PROGRAM: Program = {self.program(genome)!r}\n\n\n"
                 "def convert(model: nn.Module, generator: torch.Generator | None = None"
                 ") -> BackpropRule:\n"
