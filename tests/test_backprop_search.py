@@ -3,6 +3,7 @@ and the named rules learn on MNIST-1D with plain SGD."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,7 @@ RULES = [("backprop", 0.05), ("feedback_alignment", 0.05), ("sign_symmetry", 0.0
          ("direct_feedback_alignment", 0.05), ("proxprop", 1.0)]
 
 
+@functools.cache
 def accuracy(text: str, lr: float, steps: int) -> float:
     space, task = get_space("backprop"), get_task("mnist1d-mlp")
     recipe = space.fill(task.default_recipe(), space.resolve(text))
