@@ -94,9 +94,11 @@ def get_space(name: str) -> SearchSpace:
 
         space: SearchSpace = ProductSpace([get_space(part) for part in name.split("+")])
     else:
-        if name not in _available_spaces():
-            raise unknown("space", name, list_spaces())
-        space = _load(SPACES[name])()
+        try:  # import only the space asked for: importing every space costs seconds
+            factory = _load(SPACES[name])
+        except (KeyError, ImportError, AttributeError):
+            raise unknown("space", name, list_spaces()) from None
+        space = factory()
     _SPACE_CACHE[name] = space
     return space
 
@@ -106,9 +108,10 @@ def get_strategy(name: str, space: SearchSpace | str, seed: int = 0, **options: 
     if isinstance(space, str):
         space = get_space(space)
     base, _, inner = name.partition(":")
-    if base not in list_strategies():
-        raise unknown("strategy", name, list_strategies())
-    cls = _load(STRATEGIES[base])
+    try:  # import only the strategy asked for (Optuna alone takes a second to import)
+        cls = _load(STRATEGIES[base])
+    except (KeyError, ImportError, AttributeError):
+        raise unknown("strategy", name, list_strategies()) from None
     try:
         if inner:
             return cls(space, seed=seed, inner=inner, **options)
