@@ -62,7 +62,8 @@ def test_init_points_are_taught_to_the_sampler() -> None:
 
 
 def test_failed_candidates_are_told_as_failed_fitness_or_as_failures() -> None:
-    for failed_fitness, state, value in ((0.0, "COMPLETE", 0.0), (None, "FAIL", None)):
+    for failed_fitness, state, value in ((0.0, "COMPLETE", 0.0), (None, "FAIL", None),
+                                         ("none", "FAIL", None)):
         strategy = TPE(MINI, seed=0, failed_fitness=failed_fitness)
         job = strategy.ask_one()
         assert job is not None
@@ -103,3 +104,18 @@ def test_cmaes_sampler_improves_on_a_bowl() -> None:
     first = max(e.fitness for e in told[:10] if e.fitness is not None)
     last = max(e.fitness for e in told[-10:] if e.fitness is not None)
     assert last > first and last > -0.2
+
+
+def test_trials_of_known_candidates_are_finished_with_their_fitness_and_redrawn() -> None:
+    tiny = ml.get_space("tiny-optimizer")
+    strategy = TPE(tiny, seed=0, n_startup_trials=2)
+    jobs = drive(strategy, lambda job: 0.1 * (1 + job.proposal), 4)
+    assert len({j.candidate.key for j in jobs}) == 4, "four rules, each proposed once"
+    assert strategy.redrawn > 0
+    trials = strategy.study.trials
+    assert len(trials) == 4 + strategy.redrawn
+    first_value: dict[str, float | None] = {}
+    for trial in trials:
+        key = tiny.key(Encoding(tiny).decode(trial.params))
+        first_value.setdefault(key, trial.value)
+        assert trial.value == first_value[key], "a redrawn trial is told its rule's fitness"

@@ -17,6 +17,11 @@ maximises fitness; a failed candidate is told ``failed_fitness`` (0: an accuracy
 of zero, so samplers learn to avoid failing regions; ``None`` tells Optuna the
 trial failed instead). Evaluations Optuna did not ask for (``init`` points) are
 added to the study as finished trials, so the sampler learns from them too.
+Repeats: a trial whose candidate (key) was already told is finished at once with
+that fitness and Optuna is asked again, up to ``max_resamples`` times (20), after
+which the repeat is proposed (the ledger answers it for free); samplers that
+concentrate on a few rules, as TPE does on the optimizer space, thus spend the
+budget on new ones.
 """
 
 from __future__ import annotations
@@ -118,32 +123,54 @@ class OptunaStrategy(Strategy):
     name = "optuna"
 
     def __init__(self, space: SearchSpace, seed: int = 0, init: Sequence[str] = (),
-                 inner: str = "TPESampler", failed_fitness: float | None = 0.0,
-                 **sampler_options: Any) -> None:
+                 inner: str = "TPESampler", failed_fitness: float | str | None = 0.0,
+                 max_resamples: int = 20, **sampler_options: Any) -> None:
         super().__init__(space, seed, init)
+        if isinstance(failed_fitness, str):  # --option failed_fitness=none
+            if failed_fitness.lower() != "none":
+                raise UserError(f"failed_fitness takes a number or none, got {failed_fitness!r}")
+            failed_fitness = None
         self.encoding = Encoding(space)
         self.sampler_name = inner
         self.failed_fitness = failed_fitness
         self.study = optuna.create_study(direction="maximize",
                                          sampler=make_sampler(inner, seed, **sampler_options))
+        self.max_resamples = max_resamples
         self._pending: dict[int, optuna.trial.Trial] = {}
+        self._known: dict[str, float | None] = {}   # candidate key -> what Optuna was told
+        self.redrawn = 0
 
     def _ask(self) -> Job:
-        trial = self.study.ask(self.encoding.distributions)
+        """A trial whose candidate is not known yet, if one turns up within the redraws.
+
+        A trial of a candidate already told is finished at once with its known fitness
+        (what re-evaluating the same job would give) and Optuna is asked again.
+        """
+        for _ in range(self.max_resamples + 1):
+            trial = self.study.ask(self.encoding.distributions)
+            genome = self.encoding.decode(trial.params)
+            key = self.space.key(genome)
+            if key not in self._known:
+                break
+            self.redrawn += 1
+            self._finish(trial, self._known[key])
         self._pending[self.asked] = trial
-        genome = self.encoding.decode(trial.params)
         return Job(candidate=self.space.candidate(genome))
+
+    def _finish(self, trial: optuna.trial.Trial, fitness: float | None) -> None:
+        if fitness is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(trial, fitness)
 
     def _tell(self, evaluation: Evaluation) -> None:
         fitness: float | None = evaluation.score(failed=float("nan"))
         if fitness != fitness:  # a failed candidate
             fitness = self.failed_fitness
+        self._known.setdefault(evaluation.job.candidate.key, fitness)
         trial = self._pending.pop(evaluation.job.proposal, None)
         if trial is not None:
-            if fitness is None:
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            else:
-                self.study.tell(trial, fitness)
+            self._finish(trial, fitness)
             return
         if fitness is None:
             return
@@ -159,6 +186,7 @@ class TPE(OptunaStrategy):
     name = "tpe"
 
     def __init__(self, space: SearchSpace, seed: int = 0, init: Sequence[str] = (),
-                 failed_fitness: float | None = 0.0, **sampler_options: Any) -> None:
+                 failed_fitness: float | str | None = 0.0, max_resamples: int = 20,
+                 **sampler_options: Any) -> None:
         super().__init__(space, seed, init, inner="TPESampler", failed_fitness=failed_fitness,
-                         **sampler_options)
+                         max_resamples=max_resamples, **sampler_options)
