@@ -146,12 +146,12 @@ class OptunaStrategy(Strategy):
         A trial of a candidate already told is finished at once with its known fitness
         (what re-evaluating the same job would give) and Optuna is asked again.
         """
-        for _ in range(self.max_resamples + 1):
+        for attempt in range(self.max_resamples + 1):
             trial = self.study.ask(self.encoding.distributions)
             genome = self.encoding.decode(trial.params)
             key = self.space.key(genome)
-            if key not in self._known:
-                break
+            if key not in self._known or attempt == self.max_resamples:
+                break  # (the last one is proposed even if known, and told when answered)
             self.redrawn += 1
             self._finish(trial, self._known[key])
         self._pending[self.asked] = trial
