@@ -4,11 +4,9 @@ as diverged: the typed DSL never yields a rule that crashes or cannot be built."
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from metalearn.evaluator import Evaluator, Job, Status
 from metalearn.registry import get_space, get_task
@@ -19,14 +17,6 @@ _SPACE = get_space("backprop")
 assert isinstance(_SPACE, BackpropSpace)
 SPACE: BackpropSpace = _SPACE
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # thousands of tiny steps: one intra-op thread avoids synchronisation (and oversubscription)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rules(count: int, seed: int) -> list[Genome]:

@@ -4,7 +4,6 @@ and the named rules learn on MNIST-1D with plain SGD."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ import torch
 import metalearn as ml
 from metalearn.registry import get_space, get_task
 from metalearn.tasks import SupervisedTask
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("strategy", ["random", "evolution"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,6 @@ _SPACE = ml.get_space("backprop")
 assert isinstance(_SPACE, BackpropSpace)
 SPACE: BackpropSpace = _SPACE
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def binary_count(node: Node) -> int:

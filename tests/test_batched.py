@@ -26,14 +26,6 @@ assert isinstance(_task, SupervisedTask)
 TASK: SupervisedTask = _task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def optimizer_space_or_skip():  # the optimizer DSL is another engineer's; skip until it exists
     try:

@@ -6,7 +6,6 @@ import json
 import math
 import sqlite3
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,6 @@ from metalearn.evaluator import Evaluator, Job, baseline_candidate
 PNG = b"\x89PNG\r\n\x1a\n"
 SEARCH_STEPS, RETRAIN_STEPS = 30, 60
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny MLP jobs: a second intra-op thread only adds contention on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ledger(path: Path, query: str) -> list[tuple]:

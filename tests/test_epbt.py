@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 import metalearn as ml
 from metalearn.cli import main
@@ -20,13 +19,6 @@ from metalearn.strategies.pbt import Member
 SPACE = "hparams+loss"
 CE = "default+cross_entropy_taylor"
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def epbt(**options: Any) -> EvolutionaryPBT:

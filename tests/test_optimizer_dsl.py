@@ -28,14 +28,6 @@ SPACE = OptimizerSpace()
 STEPS = 200
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny tensors: one intra-op thread avoids thread hand-off costs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def network(dtype: torch.dtype = torch.float64) -> torch.nn.Sequential:
     torch.manual_seed(0)

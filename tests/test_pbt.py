@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from conftest import ROOT, run_cli
 
 import metalearn as ml
@@ -28,14 +27,6 @@ from metalearn.strategies.pbt import PopulationBasedTraining
 
 TASK = "mnist1d-mlp"
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    # the machine is shared: one thread per test process is faster than contending for two
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def pbt(**options: Any) -> PopulationBasedTraining:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,14 +18,6 @@ from metalearn.searchspaces.proxprop import ProxPropConv2d, ProxPropLinear, Prox
 
 TAU = 0.05
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def grad(t: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ the same loading, on-device augmentation and normalisation as on the real data.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,14 +22,6 @@ VISION_TASKS = ["cifar10-wrn-16-2", "cifar10-wrn-10-1", "cifar10-wrn-28-10", "sv
                 "cifar10-resnet20", "cifar10-nos-convnet", "cifar10-proxprop-mlp",
                 "cifar10-proxprop-convnet"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # small convolutions on a busy 2-core machine run many times faster on one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
