@@ -34,8 +34,8 @@ def test_names_map_to_the_nevergrad_registry() -> None:
     de = ml.get_strategy("ng:DE", HPARAMS)
     assert isinstance(de, NevergradStrategy) and type(de.optimizer).__name__ == "_DE"
     ngopt = ml.get_strategy("ng", HPARAMS)
-    assert ngopt.optimizer.budget == DEFAULT_NGOPT_BUDGET, "NGOpt needs a budget to choose"
-    assert ml.get_strategy("ng:NGOpt", HPARAMS, budget=40).optimizer.budget == 40
+    assert ngopt.optimizer.budget == DEFAULT_NGOPT_BUDGET, "NGOpt needs a budget to choose"  # type: ignore[attr-defined]
+    assert ml.get_strategy("ng:NGOpt", HPARAMS, budget=40).optimizer.budget == 40  # type: ignore[attr-defined]
     assert isinstance(ml.get_strategy("cmaes", HPARAMS), CMAES)
     with pytest.raises(UserError, match="unknown nevergrad optimizer"):
         ml.get_strategy("ng:NoSuchOptimizer", HPARAMS)
@@ -48,4 +48,4 @@ def test_init_points_are_told_to_optimizers_that_accept_them() -> None:
     job = strategy.ask_one()
     assert job is not None and job.candidate.name == "default"
     strategy.tell([Evaluation(job=job, status=ml.Status.OK, fitness=0.5)])
-    assert strategy.optimizer.num_tell_not_asked == 1
+    assert strategy.optimizer.num_tell_not_asked == 1  # type: ignore[attr-defined]
