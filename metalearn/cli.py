@@ -172,6 +172,19 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
     print(format_summary(summary))
 
 
+def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
+    """Where and how jobs run: the flags shared by ``compare`` and ``retrain``."""
+    parser.add_argument("--executor", default="inline", help="inline, pool or ray")
+    parser.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray)")
+    parser.add_argument("--workers", type=_positive_int, help="parallel jobs (--executor pool, ray)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--data-dir", help="folder with the task's dataset files")
+    parser.add_argument("--job-timeout", type=float, help="seconds a job may train")
+    parser.add_argument("--threads", type=_positive_int,
+                        help="PyTorch CPU threads (default: 1 when training on the CPU)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metalearn", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -243,15 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training steps of a search job (default: a quarter of the task's)")
     c.add_argument("--retrain-steps", type=_positive_int,
                    help="training steps of a retraining job (default: the task's)")
-    c.add_argument("--executor", default="inline", help="inline, pool or ray")
-    c.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray)")
-    c.add_argument("--workers", type=_positive_int, help="parallel jobs (--executor pool, ray)")
-    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    c.add_argument("--data-dir", help="folder with the task's dataset files")
-    c.add_argument("--job-timeout", type=float, help="seconds a job may train")
-    c.add_argument("--threads", type=_positive_int,
-                   help="PyTorch CPU threads (default: 1 when training on the CPU)")
-    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_execution_flags(c)
     c.set_defaults(run_command=_cmd_compare)
 
     r = commands.add_parser("retrain", help="retrain a run's best candidates with several seeds "
@@ -263,15 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=_positive_int, help="training steps (default: the task's)")
     r.add_argument("--out", help="folder of the retraining (default: RUN/retrain-TASK)")
     r.add_argument("--no-baseline", action="store_true", help="do not retrain the default recipe")
-    r.add_argument("--executor", default="inline", help="inline, pool or ray")
-    r.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray)")
-    r.add_argument("--workers", type=_positive_int, help="parallel jobs (--executor pool, ray)")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    r.add_argument("--data-dir", help="folder with the task's dataset files")
-    r.add_argument("--job-timeout", type=float, help="seconds a job may train")
-    r.add_argument("--threads", type=_positive_int,
-                   help="PyTorch CPU threads (default: 1 when training on the CPU)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_execution_flags(r)
     r.set_defaults(run_command=_cmd_retrain)
     return parser
 
