@@ -84,6 +84,7 @@ def reward_rise(rewards: list[list[float]], batches: int = 5) -> tuple[float, fl
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # 6,000 evaluations; the controller's LSTM dominates (minutes)
 def test_evolution_backprop_evolution_and_controller_beat_random_search(tmp_path: Path) -> None:
     warnings.simplefilter("ignore")
     results = compare(tmp_path, strategies=["random", "evolution", "backprop-evolution",
