@@ -10,6 +10,7 @@ member from any interval.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -19,6 +20,16 @@ from typing import Any
 import torch
 
 from ..recipe import Recipe
+
+
+def replace_fields(task: Any, **options: Any) -> Any:
+    """A copy of the dataclass ``task`` with fields replaced; unknown names are a ValueError."""
+    fields = {f.name for f in dataclasses.fields(task)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} of task {task.name!r}; "
+                         f"accepted: {', '.join(sorted(fields))}")
+    return dataclasses.replace(task, **options)
 
 
 class Diverged(RuntimeError):

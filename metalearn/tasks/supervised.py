@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..recipe import OptimizerFactory, Recipe, sgd
-from .base import Task
+from .base import Task, replace_fields
 from .data import load_dataset
 from .models import MODELS
 from .train import Augment, Trainer, derive_seed
@@ -83,12 +83,7 @@ class SupervisedTask(Task):
         """
         if "epochs" in options:
             options = self._epochs_to_steps(dict(options))
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = set(options) - fields
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} of task {self.name!r}; "
-                             f"accepted: {', '.join(sorted(fields))}")
-        return dataclasses.replace(self, **options)
+        return replace_fields(self, **options)  # type: ignore[no-any-return]
 
     def _epochs_to_steps(self, options: dict[str, Any]) -> dict[str, Any]:
         epochs = options.pop("epochs")

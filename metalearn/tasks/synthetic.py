@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..recipe import Recipe
-from .base import Diverged, JobTimeout, Task, TrainingState
+from .base import Diverged, JobTimeout, Task, TrainingState, replace_fields
 from .train import make_generator
 
 #: ``target(g)`` -> updates ``U`` for gradients ``g`` of shape (steps, dim), float64
@@ -109,12 +109,7 @@ class SyntheticRuleMatch(Task):
                 "gradient_seed": self.gradient_seed, "hparams": dict(self.hparams)}
 
     def with_options(self, **options: Any) -> SyntheticRuleMatch:
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = set(options) - fields
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} of task {self.name!r}; "
-                             f"accepted: {', '.join(sorted(fields))}")
-        return dataclasses.replace(self, **options)
+        return replace_fields(self, **options)  # type: ignore[no-any-return]
 
     def default_recipe(self) -> Recipe:
         return Recipe(hparams=dict(self.hparams))
