@@ -123,7 +123,9 @@ def _cpu_threads(args: argparse.Namespace) -> None:
 
     MNIST-1D's small networks gain nothing from a second intra-op thread, and on a
     shared machine threads that wait for each other made a 500-step job 10-20 times
-    slower (1.4-3 s with one thread, 25 s with two, on a loaded 2-core CPU).
+    slower (1.4-3 s with one thread, 25 s with two, on a loaded 2-core CPU). A population
+    of the batched executor is one large job: it keeps torch's default (every core), which
+    made it 1.8x faster than one thread on 2 cores (benchmarks/batched_throughput.py).
     """
     import os
 
@@ -131,7 +133,7 @@ def _cpu_threads(args: argparse.Namespace) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    elif "OMP_NUM_THREADS" not in os.environ and (
+    elif "OMP_NUM_THREADS" not in os.environ and getattr(args, "executor", None) != "batched" and (
             args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())):
         torch.set_num_threads(1)
 
@@ -181,7 +183,8 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder with the task's dataset files")
     parser.add_argument("--job-timeout", type=float, help="seconds a job may train")
     parser.add_argument("--threads", type=_positive_int,
-                        help="PyTorch CPU threads (default: 1 when training on the CPU)")
+                        help="PyTorch CPU threads (default: 1 when training on the CPU, "
+                             "every core for --executor batched)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -217,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=_positive_int,
-                   help="PyTorch CPU threads (default 1 when training on the CPU)")
+                   help="PyTorch CPU threads (default: 1 when training on the CPU, "
+                        "every core for --executor batched)")
     s.set_defaults(run_command=_cmd_search)
 
     show = commands.add_parser("show", help="leaderboard and statuses of a run")

@@ -1,4 +1,4 @@
-"""Population batching: each member of a vmapped population is its sequential job's twin."""
+"""Population batching: each member of a population is its sequential job's twin."""
 
 from __future__ import annotations
 
@@ -25,6 +25,19 @@ _task = TASKS["mnist1d-mlp"]
 assert isinstance(_task, SupervisedTask)
 TASK: SupervisedTask = _task
 
+
+
+@pytest.fixture(params=["population", "vmap"])
+def vectorised(request, monkeypatch) -> str:
+    """Both ways a population is vectorised: population layers, and vmap of the model
+    (forced by refusing the layers), which is the fallback for any other model."""
+    if request.param == "vmap":
+        monkeypatch.setattr("metalearn.tasks.batched.population_refusal", lambda model: "forced")
+    return request.param
+
+
+def assert_vectorised(trainer: BatchedTrainer, how: str) -> None:
+    assert (trainer.population is not None) == (how == "population")
 
 
 def optimizer_space_or_skip():  # the optimizer DSL is another engineer's; skip until it exists
@@ -69,7 +82,7 @@ def assert_twins(trainer: BatchedTrainer, task: SupervisedTask, recipes: list[Re
         np.testing.assert_allclose([v for _, v in curve], [v for _, v in state.curve], rtol=1e-4)
 
 
-def test_taylorglo_population_matches_sequential_runs():
+def test_taylorglo_population_matches_sequential_runs(vectorised):
     space = get_space("loss")
     rng = np.random.default_rng(0)
     genomes = [space.named()["cross_entropy_taylor"]]
@@ -79,6 +92,7 @@ def test_taylorglo_population_matches_sequential_runs():
     seeds = list(range(8))
     trainer = BatchedTrainer(TASK, [Member(r, s) for r, s in zip(recipes, seeds)],
                              total_steps=STEPS)
+    assert_vectorised(trainer, vectorised)
     trainer.train(STEPS)
     assert len(trainer.updates) == 1  # one functional SGD for all eight members
     assert_twins(trainer, TASK, recipes, seeds)
@@ -178,7 +192,7 @@ def test_executor_records_a_diverged_member_as_the_evaluator_does():
     assert batched[0].fitness == pytest.approx(inline[0].fitness, abs=1.5e-3)
 
 
-def test_batchnorm_members_keep_their_own_statistics(monkeypatch):
+def test_batchnorm_members_keep_their_own_statistics(monkeypatch, vectorised):
     def conv_bn(in_shape, num_classes, **_):
         return nn.Sequential(nn.Unflatten(1, (1, in_shape[0])), nn.Conv1d(1, 4, 5, padding=2),
                              nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(),
@@ -196,13 +210,14 @@ def test_batchnorm_members_keep_their_own_statistics(monkeypatch):
     seeds = [0, 1, 2]
     trainer = BatchedTrainer(task, [Member(r, s) for r, s in zip(recipes, seeds)],
                              total_steps=steps)
+    assert_vectorised(trainer, vectorised)
     trainer.train(steps)
     assert_twins(trainer, task, recipes, seeds, steps)  # with running_mean/var, num_batches_tracked
     means = [trainer.member_state(i)["2.running_mean"] for i in range(3)]
     assert not torch.allclose(means[0], means[2])
 
 
-def test_image_members_match_with_augmentation_schedule_and_nesterov(monkeypatch):
+def test_image_members_match_with_augmentation_schedule_and_nesterov(monkeypatch, vectorised):
     def images(**_):
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (240, 3, 16, 16), generator=g, dtype=torch.uint8)
@@ -229,6 +244,7 @@ def test_image_members_match_with_augmentation_schedule_and_nesterov(monkeypatch
     seeds = [5, 6, 7]
     trainer = BatchedTrainer(task, [Member(r, s) for r, s in zip(recipes, seeds)],
                              total_steps=steps)
+    assert_vectorised(trainer, vectorised)
     trainer.train(steps)
     assert_twins(trainer, task, recipes, seeds, steps)
 
@@ -344,6 +360,18 @@ def test_cli_population_flag_reaches_the_batched_executor():
                  "--population", "5"]) == 2  # --population without --executor batched
 
 
+def test_cpu_searches_use_one_thread_per_job_but_every_core_for_a_population(monkeypatch):
+    from metalearn.cli import _cpu_threads, build_parser
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    common = ["search", "--space", "loss", "--strategy", "random", "--budget", "2", "--device", "cpu"]
+    torch.set_num_threads(2)  # the conftest fixture restores the count afterwards
+    _cpu_threads(build_parser().parse_args(common + ["--executor", "batched"]))
+    assert torch.get_num_threads() == 2
+    _cpu_threads(build_parser().parse_args(common))
+    assert torch.get_num_threads() == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_population_on_cuda_matches_sequential_cuda_runs():
@@ -363,3 +391,58 @@ def test_population_on_cuda_matches_sequential_cuda_runs():
         scores = metrics[i]
         assert scores is not None
         assert scores["accuracy"] == pytest.approx(expected["accuracy"], abs=5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_equals_the_eager_step_and_survives_a_divergence():
+    space = get_space("loss")
+    task = TASK.with_options(lr_schedule="multistep:0.5:0.1")  # factors reach the graph as tensors
+    recipes = [space.fill(task.default_recipe(), space.named()["cross_entropy_taylor"]),
+               task.default_recipe(), task.default_recipe().replace(hparams={"lr": 0.01}),
+               task.default_recipe().replace(hparams={"lr": 1e6})]  # diverges
+    trainers = []
+    for graphed in (True, False):
+        trainer = BatchedTrainer(task, [Member(r, s) for s, r in enumerate(recipes)],
+                                 device="cuda", total_steps=STEPS)
+        if not graphed:
+            trainer._graph_off = "eager, for comparison"
+        trainer.train(STEPS)
+        trainers.append(trainer)
+    graphed, eager = trainers
+    assert graphed._graph_off is None  # the graph ran until the divergence, and after it
+    for i in range(3):
+        for name, value in eager.member_state(i).items():
+            torch.testing.assert_close(graphed.member_state(i)[name], value, rtol=1e-5, atol=1e-6)
+    assert [f.status if f else None for f in graphed.failures] == [None, None, None, "diverged"]
+    assert graphed.failures[3].step == eager.failures[3].step  # type: ignore[union-attr]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batchnorm_population_trains_in_bf16_on_cuda_like_its_sequential_runs():
+    task = TASKS["cifar10-wrn-10-1"]
+    assert isinstance(task, SupervisedTask)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (600, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (600,), generator=g)
+    splits = Splits(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:], 10,
+                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    DATASETS["batched-gpu-images"] = lambda **_: splits
+    try:
+        task = task.with_options(dataset="batched-gpu-images", data_args={}, steps=20,
+                                 compile="none")
+        recipes = [task.default_recipe(), task.default_recipe().replace(hparams={"lr": 0.02})]
+        trainer = BatchedTrainer(task, [Member(r, s) for s, r in enumerate(recipes)],
+                                 device="cuda", total_steps=20)
+        assert trainer.population is not None and trainer.amp and trainer.channels_last
+        trainer.train(20)
+        metrics = trainer.evaluate()
+        for i, recipe in enumerate(recipes):
+            state = task.start(recipe, i, "cuda", total_steps=20)
+            state.train(20)
+            expected = state.evaluate()
+            assert metrics[i] is not None
+            assert metrics[i]["loss"] == pytest.approx(expected["loss"], rel=0.05)  # bf16 twins
+    finally:
+        del DATASETS["batched-gpu-images"]

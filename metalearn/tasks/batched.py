@@ -54,6 +54,15 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..recipe import Recipe, sgd
 from .base import Diverged, JobTimeout, Task
+from .cuda_graph import GraphUnavailable, StepGraph
+from .population import (
+    agrees,
+    channels_last_kernels,
+    members_in_channels,
+    population_forward,
+    to_population,
+)
+from .population import refusal as population_refusal
 from .supervised import AUGMENTS, SupervisedTask, _on_device
 from .train import lr_factor, make_generator
 
@@ -161,13 +170,6 @@ class BatchedTrainer:
         self.batch_size = min(task.batch_size, len(self.data.y_train))
         self.eval_batch_size = eval_batch_size
         self.augment = AUGMENTS[task.augment] if task.augment != "none" else None
-        # vmapped BatchNorm refuses bf16 inputs with float32 running statistics, so a
-        # population of a BatchNorm model trains in float32 (measured: the autocast path
-        # raised "Expected running_mean to have type BFloat16" on an H100)
-        probe = task.build_model(0, tuple(splits.x_train.shape[1:]), splits.num_classes)
-        has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                            for m in probe.modules())
-        self.amp = task.amp and self.device.type == "cuda" and not has_batchnorm
         if task.channels_last and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -186,6 +188,21 @@ class BatchedTrainer:
         self.params: Tensors = {k: v.detach() for k, v in params.items()}
         self.buffers: Tensors = {k: v.detach() for k, v in buffers.items()}
         self.model = copy.deepcopy(models[0]).to("meta")  # the architecture; weights come stacked
+        in_shape = tuple(splits.x_train.shape[1:])
+        #: the members' model as population layers, or ``None``: vmap of the model instead
+        self.population = self._population_layers(models[:2], in_shape)
+        #: kernels and inputs channels-last, as the task's sequential model on CUDA
+        self.channels_last = (self.population is not None and task.channels_last
+                              and self.device.type == "cuda")
+        self.params = self._laid_out(self.params)
+        # vmapped BatchNorm refuses bf16 inputs with float32 running statistics, so a
+        # population of a BatchNorm model trains in float32 under vmap (measured: the
+        # autocast path raised "Expected running_mean to have type BFloat16" on an H100);
+        # population layers run BatchNorm in bf16 like the sequential model
+        has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                            for m in models[0].modules())
+        self.amp = task.amp and self.device.type == "cuda" and (
+            self.population is not None or not has_batchnorm)
         del models
         self.data_generators = [make_generator(m.seed, "data", self.device) for m in self.members]
         self.rule_generators = [make_generator(m.seed, "rule", self.device) for m in self.members]
@@ -203,11 +220,18 @@ class BatchedTrainer:
         self._cursors = [n + 1] * self.size  # past the end: shuffle before the first batch, as Trainer
         self._check_every = 1 if self.device.type == "cpu" else 25
         self._curve_every = max(1, self.total_steps // 50)
-        self._forward_train = vmap(self._forward, randomness="different")
-        self._forward_eval = vmap(self._forward, in_dims=(0, 0, None), randomness="different")
+        if self.population is None:
+            self._forward_train = vmap(self._forward, randomness="different")
+            self._forward_eval = vmap(self._forward, in_dims=(0, 0, None), randomness="different")
+        else:
+            self._forward_train = self._forward_eval = self._forward_population
 
         self.losses = _Losses([m.recipe for m in self.members], self.device)
         self.updates = self._build_updates()
+        #: the step as a CUDA graph (see :mod:`.cuda_graph`); why it is off, if it is
+        self._graph: StepGraph | None = None
+        self._graph_off: str | None = None
+        self._unit_scale = torch.ones(self.size, dtype=torch.float64, device=self.device)
         for i, member in enumerate(self.members):
             if member.resume is not None:
                 self._load_member(i, member.resume)
@@ -273,13 +297,38 @@ class BatchedTrainer:
     def _forward(self, params: Tensors, buffers: Tensors, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, (params, buffers), (x,))
 
+    def _forward_population(self, params: Tensors, buffers: Tensors,
+                            x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(P, B, K)`` by population layers; ``x``: ``(P, B, ...)`` or shared ``(B, ...)``."""
+        assert self.population is not None
+        if x.dim() == len(self.in_shape) + 2:
+            x = members_in_channels(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return population_forward(self.population, params, buffers, x)
+
+    def _laid_out(self, params: Tensors) -> Tensors:
+        if not self.channels_last:
+            return params
+        return {k: channels_last_kernels(v) for k, v in params.items()}
+
+    def _population_layers(self, models: list[nn.Module],
+                           in_shape: tuple[int, ...]) -> nn.Module | None:
+        """Population layers for the task's model when they reproduce each member's own
+        forward (checked on the first members); ``None`` to vmap the model instead."""
+        self.in_shape = in_shape
+        if population_refusal(models[0]) is not None:
+            return None
+        layers = to_population(self.model)
+        return layers if agrees(layers, models, in_shape, self.device) else None
+
     def train(self, steps: int, deadline: float | None = None) -> None:
         """Train every live member ``steps`` more steps; failures are recorded, not raised.
 
         A member whose loss is NaN/Inf is marked ``diverged`` and frozen; past ``deadline``
         (``time.monotonic()``) every live member is marked ``timeout``.
         """
-        self.model.train()
+        self._set_training(True)
         window: list[torch.Tensor] = []
         for _ in range(steps):
             if not any(self._alive_list):
@@ -299,8 +348,19 @@ class BatchedTrainer:
         if window:
             self._check(window, flush=True)
 
+    def _set_training(self, mode: bool) -> None:
+        self.model.train(mode)
+        if self.population is not None:
+            self.population.train(mode)
+
     def _step(self) -> torch.Tensor:
         x, y = self._next_batch()
+        if self._graphable():
+            losses = self._graphed_step(x, y)
+            if losses is not None:
+                for pos in self._live():
+                    self.steps[pos] += 1
+                return losses
         leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self._forward_train(leaves, self.buffers, x)
@@ -325,6 +385,51 @@ class BatchedTrainer:
                     v.copy_(torch.where(alive, v, self._snapshot[k]))
         for pos in self._live():
             self.steps[pos] += 1
+        return losses.detach()
+
+    def _graphable(self) -> bool:
+        """Whether this step may run as a CUDA graph: on CUDA, population layers, every
+        member alive and updated by the functional SGD (a rule's optimizer may read its
+        step count on the host, which a replayed graph would freeze)."""
+        return (self._graph_off is None and self.device.type == "cuda"
+                and self.population is not None and self._snapshot is None
+                and all(isinstance(u, _FunctionalSGD) for u in self.updates))
+
+    def _graphed_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """The step by the captured graph (captured after two eager warm-up steps), or
+        ``None`` when it cannot be captured (then it runs eagerly from now on)."""
+        if self._graph is None:
+            self._graph = StepGraph(self._sgd_step)
+        if self.task.lr_schedule == "constant":
+            scale = self._unit_scale
+        else:
+            scale = torch.tensor([lr_factor(self.task.lr_schedule, self.steps[pos],
+                                            self.total_steps) for pos in range(self.size)],
+                                 dtype=torch.float64).to(self.device, non_blocking=True)
+        failures = len(self._failures)
+        try:
+            losses = self._graph(x, y, scale)
+        except GraphUnavailable as why:
+            self._graph_off, self._graph = str(why), None
+            return None
+        if len(self._failures) != failures:  # a loss raised while it was captured
+            self._graph_off, self._graph = "a member failed inside the captured step", None
+            return None
+        return losses
+
+    def _sgd_step(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Forward, losses, backward and SGD update of every member, without host syncs."""
+        leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
+                            cache_enabled=False):
+            logits = self._forward_train(leaves, self.buffers, x)
+        losses = self.losses(logits.float(), y, self._fail_now)
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        named = dict(zip(leaves, grads))
+        with torch.no_grad():
+            for update in self.updates:
+                assert isinstance(update, _FunctionalSGD)
+                update.step_scaled(named, scale[update.start:update.stop])
         return losses.detach()
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,7 +493,7 @@ class BatchedTrainer:
                     self._failures[pos], self.curves[pos], self._state_at(pos))
         states = [self._update_of(pos).state_dict(pos) for pos in keep]
         index = torch.tensor(keep, device=self.device)
-        self.params = {k: v.index_select(0, index) for k, v in self.params.items()}
+        self.params = self._laid_out({k: v.index_select(0, index) for k, v in self.params.items()})
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
         self._order = self._order.index_select(0, index)
         for name in ("order", "members", "data_generators", "rule_generators", "steps",
@@ -397,6 +502,8 @@ class BatchedTrainer:
             setattr(self, name, [values[pos] for pos in keep])
         self.size = len(keep)
         self._failures, self._snapshot = {}, None
+        self._graph = None
+        self._unit_scale = torch.ones(self.size, dtype=torch.float64, device=self.device)
         self._alive = torch.ones(self.size, dtype=torch.bool, device=self.device)
         self._alive_list = [True] * self.size
         self.losses = _Losses([m.recipe for m in self.members], self.device)
@@ -414,6 +521,7 @@ class BatchedTrainer:
         if pos in self._failures:
             return
         self._failures[pos] = MemberFailure(status, err, self.steps[pos])
+        self._graph = None  # frozen members are kept by eager steps until compaction
         self._alive[pos] = False
         self._alive_list[pos] = False
         if self._snapshot is None:
@@ -437,7 +545,7 @@ class BatchedTrainer:
             self._fail(pos, "diverged", Diverged(
                 f"parameters are not finite after step {self.steps[pos]}"))
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
-        self.model.eval()
+        self._set_training(False)
         correct = torch.zeros(self.size, device=self.device)
         total_loss = torch.zeros(self.size, device=self.device)
         for start in range(0, len(y), self.eval_batch_size):
@@ -448,7 +556,7 @@ class BatchedTrainer:
             logits = logits.float()
             correct += (logits.argmax(2) == yb).sum(1)
             total_loss += vmap(_summed_cross_entropy, in_dims=(0, None))(logits, yb)
-        self.model.train()
+        self._set_training(True)
         n = max(len(y), 1)  # divided in Python, as Trainer.evaluate does
         accuracy = [c / n for c in correct.tolist()]
         loss = [v / n for v in total_loss.tolist()]
@@ -612,6 +720,14 @@ class _FunctionalSGD(_Update):
         else:  # members continued from different steps of a schedule
             lr = (self.lr64 * torch.tensor(factors, device=self.lr.device,
                                            dtype=torch.float64)).float()
+        self._apply(grads, lr)
+
+    def step_scaled(self, grads: Tensors, scale: torch.Tensor) -> None:
+        """``step`` with the schedule factors as a float64 tensor on the device (no host
+        value, so the step can be captured as a CUDA graph)."""
+        self._apply(grads, (self.lr64 * scale).float())
+
+    def _apply(self, grads: Tensors, lr: torch.Tensor) -> None:
         for k, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
             g = grads[k][self.start:self.stop]  # this step's gradient, ours to overwrite

@@ -146,12 +146,30 @@ class PadShortcut(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
-        self.stride, self.extra = stride, c_out - c_in
+        self.c_in, self.stride, self.extra = c_in, stride, c_out - c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, ::self.stride, ::self.stride]
         half = self.extra // 2
         return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
+
+    def population_layer(self) -> nn.Module:
+        """This shortcut for P members in channels (:mod:`metalearn.tasks.population`)."""
+        return PopulationPadShortcut(self.c_in, self.stride, self.extra)
+
+
+class PopulationPadShortcut(nn.Module):
+    """:class:`PadShortcut` of P members: each member's channels padded on their own."""
+
+    def __init__(self, c_in: int, stride: int, extra: int) -> None:
+        super().__init__()
+        self.c_in, self.stride, self.extra = c_in, stride, extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        members = x.unflatten(1, (-1, self.c_in))  # (B, P, C, H, W)
+        half = self.extra // 2
+        return F.pad(members, (0, 0, 0, 0, half, self.extra - half)).flatten(1, 2)
 
 
 class BasicBlock(nn.Module):
