@@ -27,17 +27,15 @@ TASK: SupervisedTask = _task
 
 
 
-@pytest.fixture(params=["population", "vmap"])
-def vectorised(request, monkeypatch) -> str:
-    """Both ways a population is vectorised: population layers, and vmap of the model
-    (forced by refusing the layers), which is the fallback for any other model."""
-    if request.param == "vmap":
-        monkeypatch.setattr("metalearn.tasks.batched.population_refusal", lambda model: "forced")
+@pytest.fixture(params=["layers", "vmap"])
+def vectorised(request) -> str:
+    """Both ways a population is vectorised: population layers (the default on CUDA), and
+    vmap of the model (the default on the CPU, and the fallback for any other model)."""
     return request.param
 
 
 def assert_vectorised(trainer: BatchedTrainer, how: str) -> None:
-    assert (trainer.population is not None) == (how == "population")
+    assert (trainer.population is not None) == (how == "layers")
 
 
 def optimizer_space_or_skip():  # the optimizer DSL is another engineer's; skip until it exists
@@ -91,7 +89,7 @@ def test_taylorglo_population_matches_sequential_runs(vectorised):
     recipes = [space.fill(TASK.default_recipe(), g) for g in genomes]
     seeds = list(range(8))
     trainer = BatchedTrainer(TASK, [Member(r, s) for r, s in zip(recipes, seeds)],
-                             total_steps=STEPS)
+                             total_steps=STEPS, vectorise=vectorised)
     assert_vectorised(trainer, vectorised)
     trainer.train(STEPS)
     assert len(trainer.updates) == 1  # one functional SGD for all eight members
@@ -209,7 +207,7 @@ def test_batchnorm_members_keep_their_own_statistics(monkeypatch, vectorised):
                task.default_recipe().replace(hparams={"lr": 0.01})]
     seeds = [0, 1, 2]
     trainer = BatchedTrainer(task, [Member(r, s) for r, s in zip(recipes, seeds)],
-                             total_steps=steps)
+                             total_steps=steps, vectorise=vectorised)
     assert_vectorised(trainer, vectorised)
     trainer.train(steps)
     assert_twins(trainer, task, recipes, seeds, steps)  # with running_mean/var, num_batches_tracked
@@ -243,7 +241,7 @@ def test_image_members_match_with_augmentation_schedule_and_nesterov(monkeypatch
                loss.fill(task.default_recipe(), loss.named()["cross_entropy_taylor"])]
     seeds = [5, 6, 7]
     trainer = BatchedTrainer(task, [Member(r, s) for r, s in zip(recipes, seeds)],
-                             total_steps=steps)
+                             total_steps=steps, vectorise=vectorised)
     assert_vectorised(trainer, vectorised)
     trainer.train(steps)
     assert_twins(trainer, task, recipes, seeds, steps)

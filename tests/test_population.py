@@ -113,7 +113,8 @@ def test_a_forward_that_mixes_channels_fails_the_check_and_trains_by_vmap(monkey
     assert isinstance(base, SupervisedTask)
     task = base.with_options(name="test-concat", model="test-concat", steps=5)
     recipe: Recipe = task.default_recipe()
-    trainer = BatchedTrainer(task, [Member(recipe, 0), Member(recipe, 1)], total_steps=5)
+    trainer = BatchedTrainer(task, [Member(recipe, 0), Member(recipe, 1)], total_steps=5,
+                             vectorise="layers")
     assert trainer.population is None  # ... so the population is vmapped instead
     trainer.train(5)
     state = task.start(recipe, 1, "cpu", total_steps=5)
@@ -131,3 +132,14 @@ def test_channels_last_kernels_keep_values_and_view_as_channels_last():
     assert flat.is_contiguous(memory_format=torch.channels_last)
     linear = torch.randn(3, 8, 4)
     assert channels_last_kernels(linear) is linear
+
+
+def test_the_cpu_vmaps_by_default_and_layers_are_asked_for_by_name():
+    base = TASKS["mnist1d-mlp"]
+    assert isinstance(base, SupervisedTask)
+    task = base.with_options(steps=2)
+    members = [Member(task.default_recipe(), 0), Member(task.default_recipe(), 1)]
+    assert BatchedTrainer(task, members, total_steps=2).population is None
+    assert BatchedTrainer(task, members, total_steps=2, vectorise="layers").population is not None
+    with pytest.raises(ValueError, match="accepted: auto, layers, vmap"):
+        BatchedTrainer(task, members, total_steps=2, vectorise="grouped")
