@@ -444,3 +444,25 @@ def test_batchnorm_population_trains_in_bf16_on_cuda_like_its_sequential_runs():
             assert metrics[i]["loss"] == pytest.approx(expected["loss"], rel=0.05)  # bf16 twins
     finally:
         del DATASETS["batched-gpu-images"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rule_populations_replay_forward_and_backward_and_update_eagerly():
+    space = optimizer_space_or_skip()
+    named = space.named()
+    genomes = [named[n] for n in ("adam", "powersign", "momentum", "lion")]
+    recipes = [space.fill(TASK.default_recipe().replace(hparams={"lr": 0.01}), g) for g in genomes]
+    trainers = []
+    for graphed in (True, False):
+        members = [Member(r, s, _rule_key(space, g, r)) for s, (r, g) in enumerate(zip(recipes, genomes))]
+        trainer = BatchedTrainer(TASK, members, device="cuda", total_steps=STEPS)
+        if not graphed:
+            trainer._graph_off = "eager, for comparison"
+        trainer.train(STEPS)
+        trainers.append(trainer)
+    graphed, eager = trainers
+    assert graphed._graph_off is None and graphed._graph_of == "gradients"
+    for i in range(len(recipes)):
+        for name, value in eager.member_state(i).items():
+            torch.testing.assert_close(graphed.member_state(i)[name], value, rtol=1e-5, atol=1e-6)

@@ -6,7 +6,8 @@ whole population: by population layers (:mod:`.population`: members in channels,
 grouped convolution / batch norm / ``baddbmm`` per layer) when they reproduce the
 model, else by ``vmap(functional_call)`` over the stacked tensors (the model ensembling
 recipe of the torch.func documentation, applied to training). On CUDA, the step of a
-population updated by SGD is replayed as one CUDA graph (:mod:`.cuda_graph`). Each
+population updated by SGD is replayed as one CUDA graph (:mod:`.cuda_graph`); with
+optimizer rules, forward and backward are, and the updates run eagerly. Each
 member is the twin of the sequential :class:`~metalearn.tasks.train.Trainer` run of
 its job:
 
@@ -244,6 +245,7 @@ class BatchedTrainer:
         self.updates = self._build_updates()
         #: the step as a CUDA graph (see :mod:`.cuda_graph`); why it is off, if it is
         self._graph: StepGraph | None = None
+        self._graph_of = ""  # the kind of step it captures, see _graph_kind
         self._graph_off: str | None = None
         self._unit_scale = torch.ones(self.size, dtype=torch.float64, device=self.device)
         for i, member in enumerate(self.members):
@@ -368,18 +370,33 @@ class BatchedTrainer:
 
     def _step(self) -> torch.Tensor:
         x, y = self._next_batch()
-        if self._graphable():
-            losses = self._graphed_step(x, y)
-            if losses is not None:
-                for pos in self._live():
-                    self.steps[pos] += 1
-                return losses
+        kind = self._graph_kind()
+        outputs = self._graphed(kind, x, y) if kind is not None else None
+        if outputs is None:
+            losses, named = self._gradients(x, y)
+        else:
+            losses = outputs[0].clone()  # the graph's output tensors are reused by its next replay
+            named = dict(zip(self.params, outputs[1:]))
+        if kind != "step" or outputs is None:
+            self._update(named)
+        for pos in self._live():
+            self.steps[pos] += 1
+        return losses
+
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor, capturing: bool = False
+                   ) -> tuple[torch.Tensor, Tensors]:
+        """Every member's loss and gradients (one backward pass of their sum)."""
         leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        # autocast's cache of cast weights must be off while a CUDA graph is captured
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
+                            cache_enabled=False if capturing else None):
             logits = self._forward_train(leaves, self.buffers, x)
         losses = self.losses(logits.float(), y, self._fail_now)
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-        named = dict(zip(leaves, grads))
+        return losses.detach(), dict(zip(leaves, grads))
+
+    def _update(self, named: Tensors) -> None:
+        """Every live member's update from its gradients; frozen members are kept as they were."""
         with torch.no_grad():
             for update in self.updates:
                 if not any(self._alive_list[update.start:update.stop]):
@@ -396,54 +413,62 @@ class BatchedTrainer:
                 for k, v in self.params.items():
                     alive = self._alive.view(-1, *([1] * (v.dim() - 1)))
                     v.copy_(torch.where(alive, v, self._snapshot[k]))
-        for pos in self._live():
-            self.steps[pos] += 1
-        return losses.detach()
 
-    def _graphable(self) -> bool:
-        """Whether this step may run as a CUDA graph: on CUDA, population layers, every
-        member alive and updated by the functional SGD (a rule's optimizer may read its
-        step count on the host, which a replayed graph would freeze)."""
-        return (self._graph_off is None and self.device.type == "cuda"
-                and self.population is not None and self._snapshot is None
-                and all(isinstance(u, _FunctionalSGD) for u in self.updates))
+    # -- the step as a CUDA graph ----------------------------------------------------------
 
-    def _graphed_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """The step by the captured graph (captured after two eager warm-up steps), or
-        ``None`` when it cannot be captured (then it runs eagerly from now on)."""
-        if self._graph is None:
-            self._graph = StepGraph(self._sgd_step)
-        if self.task.lr_schedule == "constant":
-            scale = self._unit_scale
-        else:
-            scale = torch.tensor([lr_factor(self.task.lr_schedule, self.steps[pos],
-                                            self.total_steps) for pos in range(self.size)],
-                                 dtype=torch.float64).to(self.device, non_blocking=True)
+    def _graph_kind(self) -> str | None:
+        """What of this step runs as a CUDA graph: ``"step"`` (all of it: every member alive
+        and updated by the functional SGD), ``"gradients"`` (forward, losses and backward;
+        the updates run eagerly, as optimizer rules read their step count on the host,
+        which a replayed graph would freeze), or ``None`` (off the GPU, under vmap, or
+        after a capture failed)."""
+        if self._graph_off is not None or self.device.type != "cuda" or self.population is None:
+            return None
+        if self._snapshot is None and all(isinstance(u, _FunctionalSGD) for u in self.updates):
+            return "step"
+        return "gradients"
+
+    def _graphed(self, kind: str, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, ...] | None:
+        """The outputs of the ``kind`` graph's replay (captured after two eager warm-up
+        steps), or ``None`` when it cannot be captured (the step then runs eagerly from
+        now on, and nothing of it has run)."""
+        if self._graph is None or self._graph_of != kind:
+            self._graph = StepGraph(self._sgd_step if kind == "step" else self._gradient_step)
+            self._graph_of = kind
+        inputs = (x, y, self._schedule_factors()) if kind == "step" else (x, y)
         failures = len(self._failures)
         try:
-            losses = self._graph(x, y, scale)
+            outputs = self._graph(*inputs)
         except GraphUnavailable as why:
             self._graph_off, self._graph = str(why), None
             return None
         if len(self._failures) != failures:  # a loss raised while it was captured
             self._graph_off, self._graph = "a member failed inside the captured step", None
             return None
-        return losses
+        return outputs
 
-    def _sgd_step(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def _schedule_factors(self) -> torch.Tensor:
+        """Each member's learning-rate factor for this step, as float64 on the device."""
+        if self.task.lr_schedule == "constant":
+            return self._unit_scale
+        return torch.tensor([lr_factor(self.task.lr_schedule, self.steps[pos], self.total_steps)
+                             for pos in range(self.size)],
+                            dtype=torch.float64).to(self.device, non_blocking=True)
+
+    def _gradient_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        losses, named = self._gradients(x, y, capturing=True)
+        return (losses, *named.values())
+
+    def _sgd_step(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor
+                  ) -> tuple[torch.Tensor, ...]:
         """Forward, losses, backward and SGD update of every member, without host syncs."""
-        leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
-                            cache_enabled=False):
-            logits = self._forward_train(leaves, self.buffers, x)
-        losses = self.losses(logits.float(), y, self._fail_now)
-        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-        named = dict(zip(leaves, grads))
+        losses, named = self._gradients(x, y, capturing=True)
         with torch.no_grad():
             for update in self.updates:
                 assert isinstance(update, _FunctionalSGD)
                 update.step_scaled(named, scale[update.start:update.stop])
-        return losses.detach()
+        return (losses,)
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         n, b = len(self.data.y_train), self.batch_size
