@@ -152,7 +152,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         seed=args.seed, seeds=args.seeds, top=args.top, steps=args.steps,
         retrain_steps=args.retrain_steps, task_options=task_options, executor=args.executor,
         device=args.device, job_timeout=args.job_timeout, progress=not args.no_progress,
-        executor_options=_executor_options(args),
+        executor_options=_executor_options(args), init=args.init,
     )
     print(format_table(result.table))
     print(f"\nwrote {result.files['report.html']} and {result.files['report.md']} "
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training steps of a search job (default: a quarter of the task's)")
     c.add_argument("--retrain-steps", type=_positive_int,
                    help="training steps of a retraining job (default: the task's)")
+    c.add_argument("--init", choices=("known", "none"), default="known",
+                   help="known (default): each search first evaluates its space's named points "
+                        "(at most half its budget); none: every search starts from scratch")
     _add_execution_flags(c)
     c.set_defaults(run_command=_cmd_compare)
 

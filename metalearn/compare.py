@@ -101,6 +101,26 @@ class Comparison:
         return str(ranked.iloc[0]["space"]) if len(ranked) else ""
 
 
+def known_points(space: str, budget: int) -> list[str]:
+    """The named points ``compare`` seeds a search of ``space`` with (``init="known"``): the
+    space's known rules in its own order (backprop first, SGD first, cross-entropy's
+    expansion), at most half of the budget, so that the search has its own half."""
+    from .registry import get_space
+
+    return list(get_space(space).named())[:max(1, budget // 2)]
+
+
+def resolve_init(init: str | Mapping[str, Sequence[str]], spaces: Sequence[str],
+                 budget: int) -> dict[str, list[str]]:
+    """Each space's ``init`` points for ``compare``: ``"known"``, ``"none"`` or a mapping."""
+    if isinstance(init, str):
+        if init not in ("known", "none"):
+            raise UserError(f"init must be 'known' (each space's named points) or 'none', "
+                            f"got {init!r}")
+        return {s: known_points(s, budget) if init == "known" else [] for s in spaces}
+    return {s: list(init.get(s, ())) for s in spaces}
+
+
 def compare(
     task: str = "mnist1d-mlp",
     budget: int = DEFAULT_BUDGET,
@@ -119,6 +139,7 @@ def compare(
     device: str = "auto",
     job_timeout: float | None = None,
     progress: bool = True,
+    init: str | Mapping[str, Sequence[str]] = "known",
 ) -> Comparison:
     """Search each space on ``task`` with the same budget and seed, retrain, test, report.
 
@@ -136,6 +157,10 @@ def compare(
         steps: training steps of a search job (a quarter of the task's length by default).
         retrain_steps: training steps of a retraining job (the task's length by default).
         strategy_options: per space, options of its strategy (replacing the defaults).
+        init: what each search evaluates first: ``"known"`` (default) the space's named
+            points (:func:`known_points`; "random or seeded with known rules", as Alber et
+            al. 2018 seeded backprop evolution), ``"none"``, or per space a list of named
+            points or DSL texts.
     """
     from .evaluator import Job, baseline_candidate
     from .registry import get_space, get_strategy, get_task, list_spaces
@@ -156,12 +181,14 @@ def compare(
     if not spaces:
         raise UserError("no space to compare; give --spaces (see 'metalearn list')")
     search_steps = steps if steps is not None else max(1, round(the_task.steps * SEARCH_FRACTION))
+    seeded = resolve_init(init, spaces, budget)
     plan: dict[str, tuple[str, dict[str, Any]]] = {}
     for space in spaces:
         name = strategy or default_strategy(space)
         given = (strategy_options or {}).get(space)
         options = dict(given) if given is not None else default_strategy_options(name, space)
-        get_strategy(name, get_space(space), seed=seed, **options)  # fail before any training
+        get_strategy(name, get_space(space), seed=seed, init=seeded[space],
+                     **options)  # fail before any training
         plan[space] = (name, options)
 
     out = Path(out)
@@ -169,7 +196,8 @@ def compare(
     for space, (name, options) in plan.items():
         runs[space] = search(space=space, strategy=name, task=task, budget=budget,
                              run=out / "runs" / space, seed=seed, steps=search_steps,
-                             executor=executor, device=device, strategy_options=options,
+                             init=seeded[space], executor=executor, device=device,
+                             strategy_options=options,
                              task_options=task_options, executor_options=executor_options,
                              job_timeout=job_timeout, progress=progress)
 
@@ -191,7 +219,7 @@ def compare(
     comparison = Comparison(out=out, table=table, candidates=candidates, wall_s=wall)
     comparison.files = _write(comparison, runs, retrained, reference_eval, plan, skipped, {
         "task": task, "budget": budget, "seed": seed, "seeds": seeds, "top": top,
-        "search_steps": search_steps, "retrain_steps": jobs[0].steps})
+        "search_steps": search_steps, "retrain_steps": jobs[0].steps, "init": seeded})
     for run in runs.values():
         run.close()
     return comparison
@@ -377,6 +405,9 @@ def _report(comparison: Comparison, runs: Mapping[str, Run],
         f"{settings['search_steps']} steps, seed {settings['seed']}",
         "strategies: " + ", ".join(f"{space} `{name}`" + (f" ({_options(opts)})" if opts else "")
                                    for space, (name, opts) in plan.items()),
+        "seeded with: " + ("; ".join(f"{space}: " + (", ".join(f"`{p}`" for p in points)
+                                                    if points else "nothing (from scratch)")
+                                     for space, points in settings["init"].items())),
         f"retraining: top {settings['top']} per space and the baseline, "
         f"{settings['retrain_steps']} steps, seeds 0..{settings['seeds'] - 1}, scored on the test split",
         f"wall time of this invocation: {comparison.wall_s:.0f} s (resumed parts are not re-run)",

@@ -189,6 +189,30 @@ def test_test_job_records_test_accuracy_of_the_trained_model() -> None:
     assert result.fitness == state.evaluate("val")["accuracy"]
 
 
+def test_each_search_first_evaluates_its_spaces_known_points(
+        tiny_compare: tuple[Path, object]) -> None:
+    out, _ = tiny_compare
+    for space, expected in (("loss", "cross_entropy_taylor"), ("hparams", "default")):
+        first = ledger(out / "runs" / space,
+                       "SELECT name FROM evaluations WHERE proposal = 0 AND cached = 0")
+        assert first == [(expected,)]
+    assert "seeded with: loss: `cross_entropy_taylor`; hparams: `default`" in (
+        out / "report.md").read_text()
+
+
+def test_known_points_take_at_most_half_the_budget_and_init_is_checked() -> None:
+    from metalearn.compare import known_points, resolve_init
+    from metalearn.errors import UserError
+
+    assert known_points("optimizer", 6) == ["sgd", "momentum", "adam"]
+    assert known_points("backprop", 1) == ["backprop"]
+    assert resolve_init("none", ["loss", "optimizer"], 30) == {"loss": [], "optimizer": []}
+    assert resolve_init({"loss": ["cross_entropy_taylor"]}, ["loss", "hparams"], 30) == {
+        "loss": ["cross_entropy_taylor"], "hparams": []}
+    with pytest.raises(UserError, match="'known'"):
+        resolve_init("all", ["loss"], 30)
+
+
 def test_default_strategies_fit_the_space() -> None:
     assert default_strategy("loss") == "cmaes"
     assert default_strategy("hparams") == "cmaes"
