@@ -99,7 +99,10 @@ class BatchedExecutor(Executor):
                 results[index] = self.evaluator.evaluate(job)
             else:
                 batch.append((index, job, member))
-        if len(batch) == 1:  # a population of one is just the sequential job
+        if len(batch) == 1 and not self.evaluator.device.startswith("cuda"):
+            # on the CPU a population of one is slower than the sequential job (vmap's
+            # overhead); on CUDA it is faster (its step replays as a CUDA graph: 6.3x the
+            # sequential rate on mnist1d-mlp, 2.3x on cifar10-wrn-10-1, on an H100)
             index, job, _ = batch[0]
             results[index] = self.evaluator.evaluate(job)
         elif batch:

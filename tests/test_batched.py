@@ -466,3 +466,22 @@ def test_rule_populations_replay_forward_and_backward_and_update_eagerly():
     for i in range(len(recipes)):
         for name, value in eager.member_state(i).items():
             torch.testing.assert_close(graphed.member_state(i)[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_lone_job_runs_sequentially_on_the_cpu():
+    job = Job(get_space("hparams").candidate((-1.3, 0.9, -7.0)), steps=10, seed=0, task=TASK)
+    result = BatchedExecutor(Evaluator(device="cpu"), population=4).evaluate([job])[0]
+    assert result.ok and "batch" not in (result.device or "")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_lone_job_on_cuda_is_a_population_of_one_like_its_sequential_run():
+    space = get_space("loss")
+    job = Job(space.candidate(space.named()["cross_entropy_taylor"]), steps=STEPS, seed=0,
+              task=TASK)
+    evaluator = Evaluator(device="cuda")
+    alone = BatchedExecutor(evaluator, population=4).evaluate([job])[0]
+    inline = evaluator.evaluate(job)
+    assert alone.ok and alone.device == "cuda (batch of 1)"
+    assert alone.fitness == pytest.approx(inline.fitness, abs=0.02)
