@@ -39,16 +39,22 @@ log = logging.getLogger("metalearn.batched")
 
 
 class BatchedExecutor(Executor):
-    """Trains up to ``population`` queued jobs at once as one vectorised model."""
+    """Trains up to ``population`` queued jobs at once as one vectorised model;
+    ``vectorise`` (``"auto"``, ``"layers"``, ``"vmap"``) as :class:`BatchedTrainer`'s."""
 
-    def __init__(self, evaluator: Evaluator, population: int = 32, **options: Any) -> None:
+    def __init__(self, evaluator: Evaluator, population: int = 32, vectorise: str = "auto",
+                 **options: Any) -> None:
         if options:
             raise UserError(f"unknown option(s) {sorted(options)} of executor 'batched'; "
-                            "accepted: population")
+                            "accepted: population, vectorise")
         if not isinstance(population, int) or isinstance(population, bool) or population < 1:
             raise UserError(f"population must be a whole number >= 1, got {population!r}")
+        if vectorise not in ("auto", "layers", "vmap"):
+            raise UserError(f"unknown vectorise {vectorise!r} of executor 'batched'; "
+                            "accepted: auto, layers, vmap")
         self.evaluator = evaluator
         self.capacity = population
+        self.vectorise = vectorise
         self._queue: list[Job] = []
         #: why jobs ran sequentially, each reason once, in order
         self.notes: list[str] = []
@@ -163,7 +169,7 @@ class BatchedExecutor(Executor):
         task, steps = first.task, first.steps
         assert isinstance(task, SupervisedTask) and steps is not None
         trainer = BatchedTrainer(task, [m for _, _, m in batch], self.evaluator.device,
-                                 total_steps=first.total_steps or steps)
+                                 total_steps=first.total_steps or steps, vectorise=self.vectorise)
         timeout = self.evaluator.job_timeout
         trainer.train(steps, deadline=time.monotonic() + timeout * len(batch) if timeout else None)
         return trainer, trainer.evaluate()

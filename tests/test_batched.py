@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from metalearn.batched_executor import BatchedExecutor, _rule_key
+from metalearn.errors import UserError
 from metalearn.evaluator import Evaluator, Job, Status
 from metalearn.recipe import Recipe
 from metalearn.registry import get_space
@@ -466,6 +467,23 @@ def test_rule_populations_replay_forward_and_backward_and_update_eagerly():
     for i in range(len(recipes)):
         for name, value in eager.member_state(i).items():
             torch.testing.assert_close(graphed.member_state(i)[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_executor_passes_vectorise_on_and_names_what_it_accepts(monkeypatch):
+    seen = []
+    original = BatchedTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("vectorise"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchedTrainer, "__init__", spy)
+    space = get_space("hparams")
+    jobs = [Job(space.candidate((-1.3, 0.9, -7.0)), steps=5, seed=s, task=TASK) for s in (0, 1)]
+    results = BatchedExecutor(Evaluator(device="cpu"), population=2, vectorise="layers").evaluate(jobs)
+    assert seen == ["layers"] and all(r.ok for r in results)
+    with pytest.raises(UserError, match="accepted: auto, layers, vmap"):
+        BatchedExecutor(Evaluator(device="cpu"), vectorise="grouped")
 
 
 def test_a_lone_job_runs_sequentially_on_the_cpu():
