@@ -213,6 +213,18 @@ def test_known_points_take_at_most_half_the_budget_and_init_is_checked() -> None
         resolve_init("all", ["loss"], 30)
 
 
+def test_a_space_that_only_ties_the_baseline_does_not_win(tmp_path: Path) -> None:
+    from metalearn.compare import Comparison
+
+    def winner(means: list[float]) -> str:
+        table = pd.DataFrame({"space": ["backprop", "optimizer", BASELINE], "test_mean": means})
+        return Comparison(out=tmp_path, table=table, candidates=pd.DataFrame(), wall_s=0).winner
+
+    assert winner([0.75, 0.72, 0.75]) == BASELINE  # backprop search kept backprop itself
+    assert winner([0.76, 0.72, 0.75]) == "backprop"
+    assert winner([0.70, 0.72, float("nan")]) == "optimizer"
+
+
 def test_default_strategies_fit_the_space() -> None:
     assert default_strategy("loss") == "cmaes"
     assert default_strategy("hparams") == "cmaes"
