@@ -88,7 +88,7 @@ def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
                if v is not None}
     if options and args.executor == "inline":
         raise UserError("--address and --workers need --executor pool (this machine) or ray")
-    population = getattr(args, "population", None)
+    population = args.population
     if population is not None:
         if args.executor != "batched":
             raise UserError("--population needs --executor batched")
@@ -133,7 +133,7 @@ def _cpu_threads(args: argparse.Namespace) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    elif "OMP_NUM_THREADS" not in os.environ and getattr(args, "executor", None) != "batched" and (
+    elif "OMP_NUM_THREADS" not in os.environ and args.executor != "batched" and (
             args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())):
         torch.set_num_threads(1)
 
@@ -175,10 +175,15 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
-    """Where and how jobs run: the flags shared by ``compare`` and ``retrain``."""
-    parser.add_argument("--executor", default="inline", help="inline, pool or ray")
-    parser.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray)")
-    parser.add_argument("--workers", type=_positive_int, help="parallel jobs (--executor pool, ray)")
+    """Where and how jobs run: the flags shared by ``search``, ``compare`` and ``retrain``."""
+    parser.add_argument("--executor", default="inline", help="inline, pool, ray or batched")
+    parser.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray; "
+                        "without it a local cluster is started)")
+    parser.add_argument("--workers", type=_positive_int,
+                        help="worker processes (pool) or most jobs in flight (ray)")
+    parser.add_argument("--population", type=_positive_int,
+                        help="jobs trained at once as one vectorised model "
+                             "(--executor batched; default 32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--data-dir", help="folder with the task's dataset files")
     parser.add_argument("--job-timeout", type=float, help="seconds a job may train")
@@ -204,24 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", help="run folder (resumed if it exists)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=_positive_int, help="training steps of each job")
-    s.add_argument("--executor", default="inline")
-    s.add_argument("--address", help="Ray cluster to join, HOST:PORT (--executor ray; "
-                   "without it a local cluster is started)")
-    s.add_argument("--workers", type=_positive_int,
-                   help="worker processes (pool) or most jobs in flight (ray)")
-    s.add_argument("--population", type=_positive_int,
-                   help="jobs trained at once as one vectorised model (--executor batched; default 32)")
-    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     s.add_argument("--init", help="comma-separated named points to evaluate first")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy option, e.g. population_size=32 (repeatable)")
-    s.add_argument("--data-dir", help="folder with the task's dataset files")
-    s.add_argument("--job-timeout", type=float, help="seconds a job may train")
     s.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--threads", type=_positive_int,
-                   help="PyTorch CPU threads (default: 1 when training on the CPU, "
-                        "every core for --executor batched)")
+    _add_execution_flags(s)
     s.set_defaults(run_command=_cmd_search)
 
     show = commands.add_parser("show", help="leaderboard and statuses of a run")
