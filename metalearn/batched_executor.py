@@ -32,7 +32,14 @@ from .evaluator import Evaluation, Evaluator, Job, Status, checkpoint_path
 from .executors import Executor
 from .searchspaces.base import SearchSpace
 from .tasks.base import Task
-from .tasks.batched import BatchedTrainer, Member, Unbatchable, refusal, uses_sgd
+from .tasks.batched import (
+    VECTORISE,
+    BatchedTrainer,
+    Member,
+    Unbatchable,
+    refusal,
+    uses_sgd,
+)
 from .tasks.supervised import SupervisedTask
 
 log = logging.getLogger("metalearn.batched")
@@ -49,9 +56,9 @@ class BatchedExecutor(Executor):
                             "accepted: population, vectorise")
         if not isinstance(population, int) or isinstance(population, bool) or population < 1:
             raise UserError(f"population must be a whole number >= 1, got {population!r}")
-        if vectorise not in ("auto", "layers", "vmap"):
+        if vectorise not in VECTORISE:
             raise UserError(f"unknown vectorise {vectorise!r} of executor 'batched'; "
-                            "accepted: auto, layers, vmap")
+                            f"accepted: {', '.join(VECTORISE)}")
         self.evaluator = evaluator
         self.capacity = population
         self.vectorise = vectorise

@@ -93,13 +93,18 @@ def _dot(p: Params, q: Params) -> torch.Tensor:
     return out
 
 
+def _per_unit(alpha: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``alpha`` (one value per output unit) shaped to broadcast over ``weight``."""
+    return alpha.view(-1, *([1] * (weight.dim() - 1)))
+
+
 def _add_scaled_(q: Params, alpha: torch.Tensor, p: Params) -> None:
     """``q += alpha * p`` in place, one ``alpha`` per output unit.
 
     In place because fresh weight-sized tensors cost more than the arithmetic on a CPU
     (every large allocation is new pages), which made CG steps several times slower.
     """
-    q[0].addcmul_(alpha.view(-1, *([1] * (p[0].dim() - 1))), p[0])
+    q[0].addcmul_(_per_unit(alpha, p[0]), p[0])
     if q[1] is not None and p[1] is not None:
         q[1].addcmul_(alpha, p[1])
 
@@ -131,7 +136,7 @@ def conjugate_gradient(apply_m: Callable[[Params], Params], rhs: Params, iterati
         if bool(rs_new.max() <= threshold):
             break
         scale = _safe_div(rs_new, rs)
-        p[0].mul_(scale.view(-1, *([1] * (p[0].dim() - 1)))).add_(r[0])
+        p[0].mul_(_per_unit(scale, p[0])).add_(r[0])
         if p[1] is not None and r[1] is not None:
             p[1].mul_(scale).add_(r[1])
         rs = rs_new

@@ -76,6 +76,10 @@ from .train import lr_factor, make_generator
 Tensors = dict[str, torch.Tensor]
 
 
+#: how a population may be vectorised (``BatchedTrainer(vectorise=...)``)
+VECTORISE = ("auto", "layers", "vmap")
+
+
 class Unbatchable(ValueError):
     """The task's model or data cannot be trained as one population; run it sequentially."""
 
@@ -171,8 +175,8 @@ class BatchedTrainer:
                  eval_batch_size: int = 1024, vectorise: str = "auto") -> None:
         if not members:
             raise ValueError("a population needs at least one member")
-        if vectorise not in ("auto", "layers", "vmap"):
-            raise ValueError(f"unknown vectorise {vectorise!r}; accepted: auto, layers, vmap")
+        if vectorise not in VECTORISE:
+            raise ValueError(f"unknown vectorise {vectorise!r}; accepted: {', '.join(VECTORISE)}")
         for member in members:
             reason = refusal(task, member.recipe)
             if reason is not None:
@@ -203,10 +207,10 @@ class BatchedTrainer:
         self.params: Tensors = {k: v.detach() for k, v in params.items()}
         self.buffers: Tensors = {k: v.detach() for k, v in buffers.items()}
         self.model = copy.deepcopy(models[0]).to("meta")  # the architecture; weights come stacked
-        in_shape = self.in_shape = tuple(splits.x_train.shape[1:])
+        self.in_shape = tuple(splits.x_train.shape[1:])
         #: the members' model as population layers, or ``None``: vmap of the model instead
         use_layers = vectorise == "layers" or (vectorise == "auto" and self.device.type == "cuda")
-        self.population = self._population_layers(models[:2], in_shape) if use_layers else None
+        self.population = self._population_layers(models[:2]) if use_layers else None
         #: kernels and inputs channels-last, as the task's sequential model on CUDA
         self.channels_last = (self.population is not None and task.channels_last
                               and self.device.type == "cuda")
@@ -329,14 +333,13 @@ class BatchedTrainer:
             return params
         return {k: channels_last_kernels(v) for k, v in params.items()}
 
-    def _population_layers(self, models: list[nn.Module],
-                           in_shape: tuple[int, ...]) -> nn.Module | None:
+    def _population_layers(self, models: list[nn.Module]) -> nn.Module | None:
         """Population layers for the task's model when they reproduce each member's own
         forward (checked on the first members); ``None`` to vmap the model instead."""
         if population_refusal(models[0]) is not None:
             return None
         layers = to_population(self.model)
-        return layers if agrees(layers, models, in_shape, self.device) else None
+        return layers if agrees(layers, models, self.in_shape, self.device) else None
 
     def train(self, steps: int, deadline: float | None = None) -> None:
         """Train every live member ``steps`` more steps; failures are recorded, not raised.

@@ -242,7 +242,7 @@ class Trainer(TrainingState):
             xb, yb = x[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
             xb = self.data.prepare(xb)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self._forward(xb)
+                logits = self._compiled_or_eager(xb)
             logits = logits.float()
             correct += (logits.argmax(1) == yb).sum()
             total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum")
