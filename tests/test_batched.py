@@ -392,6 +392,25 @@ def test_population_on_cuda_matches_sequential_cuda_runs():
         assert scores["accuracy"] == pytest.approx(expected["accuracy"], abs=5e-3)
 
 
+def graphed_and_eager(task: SupervisedTask, members: Any, compared: Any
+                      ) -> tuple[BatchedTrainer, BatchedTrainer]:
+    """The same population trained on CUDA with its CUDA graph and eagerly; the members
+    ``compared`` end with the same parameters either way."""
+    trainers = []
+    for graphed in (True, False):
+        trainer = BatchedTrainer(task, members(), device="cuda", total_steps=STEPS)
+        if not graphed:
+            trainer._graph_off = "eager, for comparison"
+        trainer.train(STEPS)
+        trainers.append(trainer)
+    graphed_run, eager = trainers
+    for i in compared:
+        for name, value in eager.member_state(i).items():
+            torch.testing.assert_close(graphed_run.member_state(i)[name], value, rtol=1e-5,
+                                       atol=1e-6)
+    return graphed_run, eager
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_step_equals_the_eager_step_and_survives_a_divergence():
@@ -400,19 +419,9 @@ def test_cuda_graph_step_equals_the_eager_step_and_survives_a_divergence():
     recipes = [space.fill(task.default_recipe(), space.named()["cross_entropy_taylor"]),
                task.default_recipe(), task.default_recipe().replace(hparams={"lr": 0.01}),
                task.default_recipe().replace(hparams={"lr": 1e6})]  # diverges
-    trainers = []
-    for graphed in (True, False):
-        trainer = BatchedTrainer(task, [Member(r, s) for s, r in enumerate(recipes)],
-                                 device="cuda", total_steps=STEPS)
-        if not graphed:
-            trainer._graph_off = "eager, for comparison"
-        trainer.train(STEPS)
-        trainers.append(trainer)
-    graphed, eager = trainers
+    graphed, eager = graphed_and_eager(task, lambda: [Member(r, s) for s, r in enumerate(recipes)],
+                                       compared=range(3))
     assert graphed._graph_off is None  # the graph ran until the divergence, and after it
-    for i in range(3):
-        for name, value in eager.member_state(i).items():
-            torch.testing.assert_close(graphed.member_state(i)[name], value, rtol=1e-5, atol=1e-6)
     assert [f.status if f else None for f in graphed.failures] == [None, None, None, "diverged"]
     assert graphed.failures[3].step == eager.failures[3].step  # type: ignore[union-attr]
 
@@ -454,19 +463,11 @@ def test_rule_populations_replay_forward_and_backward_and_update_eagerly():
     named = space.named()
     genomes = [named[n] for n in ("adam", "powersign", "momentum", "lion")]
     recipes = [space.fill(TASK.default_recipe().replace(hparams={"lr": 0.01}), g) for g in genomes]
-    trainers = []
-    for graphed in (True, False):
-        members = [Member(r, s, _rule_key(space, g, r)) for s, (r, g) in enumerate(zip(recipes, genomes))]
-        trainer = BatchedTrainer(TASK, members, device="cuda", total_steps=STEPS)
-        if not graphed:
-            trainer._graph_off = "eager, for comparison"
-        trainer.train(STEPS)
-        trainers.append(trainer)
-    graphed, eager = trainers
+    graphed, _ = graphed_and_eager(
+        TASK, lambda: [Member(r, s, _rule_key(space, g, r))
+                       for s, (r, g) in enumerate(zip(recipes, genomes))],
+        compared=range(len(recipes)))
     assert graphed._graph_off is None and graphed._graph_of == "gradients"
-    for i in range(len(recipes)):
-        for name, value in eager.member_state(i).items():
-            torch.testing.assert_close(graphed.member_state(i)[name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_executor_passes_vectorise_on_and_names_what_it_accepts(monkeypatch):
